@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from django.contrib.auth import authenticate
+from django.contrib.auth.models import update_last_login
 from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection, transaction
@@ -287,6 +288,7 @@ def login(*, client: ClientInfo, email: str, password: str, request: Any = None)
         )
         raise AuthenticationRefused("Invalid email or password.", "invalid_credentials")
     tokens = issue_tokens(user)
+    update_last_login(None, user)
     record_audit("auth.login", actor=user, client=client, target=user)
     return user, tokens
 
