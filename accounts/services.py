@@ -266,6 +266,8 @@ def issue_tokens(user: User) -> dict[str, Any]:
     """A refresh/access pair bound to the current tenant's schema."""
     refresh = RefreshToken.for_user(user)
     refresh[TENANT_CLAIM] = connection.schema_name
+    # for_user() recorded the token before it carried the tenant claim: store what was issued.
+    OutstandingToken.objects.filter(jti=refresh[jwt_settings.JTI_CLAIM]).update(token=str(refresh))
     access = refresh.access_token
     return {
         "access": str(access),
