@@ -34,6 +34,8 @@ class HasPermission(BasePermission):
         user = request.user
         if not (user and user.is_authenticated):
             return False
+        if getattr(view, request.method.lower(), None) is None:
+            return True  # no handler for this method: let the view answer 405
         needed = required_permission(view, request)
         if needed is None:
             self.message = "This endpoint declares no permission and is closed."
