@@ -5,7 +5,7 @@ from __future__ import annotations
 import django_filters
 from django.db import connection
 from django.db.models import Count
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.permissions import AllowAny, IsAuthenticated
@@ -31,12 +31,6 @@ from iiot.api import ratelimit
 from iiot.api.pagination import TimeCursorPagination
 from iiot.request_context import ClientInfo, client_ip
 
-ERRORS = {
-    400: OpenApiResponse(description="Invalid input; `error.fields` names each bad field."),
-    401: OpenApiResponse(description="Not authenticated, or the token belongs to another tenant."),
-    403: OpenApiResponse(description="Missing permission, or the tenant is suspended."),
-    429: OpenApiResponse(description="Rate limited; see `Retry-After`."),
-}
 
 
 class LoginView(APIView):
@@ -46,12 +40,7 @@ class LoginView(APIView):
     permission_classes = [AllowAny]
     throttle_classes: list = []
 
-    @extend_schema(
-        request=LoginSerializer,
-        responses={200: LoginResponseSerializer, 400: ERRORS[400], 401: ERRORS[401], 429: ERRORS[429]},
-        tags=["auth"],
-        auth=[],
-    )
+    @extend_schema(request=LoginSerializer, responses={200: LoginResponseSerializer}, tags=["auth"], auth=[])
     def post(self, request):
         ratelimit.check(request, "login", f"ip:{client_ip(request)}", label="login attempts from this address")
         serializer = LoginSerializer(data=request.data)
@@ -71,7 +60,7 @@ class RefreshView(APIView):
     permission_classes = [AllowAny]
     rate_limit_group = "login"
 
-    @extend_schema(request=RefreshSerializer, responses={200: TokenPairSerializer, 400: ERRORS[400], 401: ERRORS[401]}, tags=["auth"], auth=[])
+    @extend_schema(request=RefreshSerializer, responses={200: TokenPairSerializer}, tags=["auth"], auth=[])
     def post(self, request):
         serializer = RefreshSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -84,7 +73,7 @@ class LogoutView(APIView):
 
     permission_classes = [AllowAny]
 
-    @extend_schema(request=RefreshSerializer, responses={204: None, 400: ERRORS[400], 401: ERRORS[401]}, tags=["auth"])
+    @extend_schema(request=RefreshSerializer, responses={204: None}, tags=["auth"])
     def post(self, request):
         serializer = RefreshSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -97,7 +86,7 @@ class MeView(APIView):
 
     permission_classes = [IsAuthenticated]
 
-    @extend_schema(responses={200: MeSerializer, 401: ERRORS[401]}, tags=["auth"])
+    @extend_schema(responses={200: MeSerializer}, tags=["auth"])
     def get(self, request):
         user = request.user
         tenant = request.tenant
@@ -120,7 +109,7 @@ class UserFilter(django_filters.FilterSet):
         fields = ["email", "is_active", "is_staff", "role"]
 
 
-@extend_schema(tags=["users"], responses={400: ERRORS[400], 401: ERRORS[401], 403: ERRORS[403]})
+@extend_schema(tags=["users"])
 class UserViewSet(viewsets.ModelViewSet):
     """Tenant users. Reading needs `users:read`, every change `users:write`."""
 
@@ -149,7 +138,7 @@ class UserViewSet(viewsets.ModelViewSet):
         user = services.create_user(actor=request.user, client=self._client(), **data.validated_data)
         return Response(UserSerializer(user).data, status=status.HTTP_201_CREATED)
 
-    @extend_schema(request=UserUpdateSerializer, responses={200: UserSerializer, 409: OpenApiResponse(description="Not allowed in the current state")})
+    @extend_schema(request=UserUpdateSerializer, responses={200: UserSerializer})
     def update(self, request, *args, **kwargs):
         partial = kwargs.pop("partial", False)
         user = self.get_object()
@@ -163,7 +152,7 @@ class UserViewSet(viewsets.ModelViewSet):
         kwargs["partial"] = True
         return self.update(request, *args, **kwargs)
 
-    @extend_schema(responses={204: None, 409: OpenApiResponse(description="Not allowed in the current state")})
+    @extend_schema(responses={204: None})
     def destroy(self, request, *args, **kwargs):
         services.delete_user(actor=request.user, client=self._client(), user=self.get_object())
         return Response(status=status.HTTP_204_NO_CONTENT)
@@ -178,7 +167,7 @@ class UserViewSet(viewsets.ModelViewSet):
         return Response(UserSerializer(User.objects.prefetch_related("roles").get(pk=user.pk)).data)
 
 
-@extend_schema(tags=["roles"], responses={400: ERRORS[400], 401: ERRORS[401], 403: ERRORS[403]})
+@extend_schema(tags=["roles"])
 class RoleViewSet(viewsets.ModelViewSet):
     """Roles: the four defaults (read-only) and the tenant's custom roles."""
 
@@ -207,7 +196,7 @@ class RoleViewSet(viewsets.ModelViewSet):
         role = services.create_role(actor=request.user, client=self._client(), **serializer.validated_data)
         return Response(self.get_serializer(self._annotated(role)).data, status=status.HTTP_201_CREATED)
 
-    @extend_schema(responses={200: RoleSerializer, 409: OpenApiResponse(description="Default roles cannot change")})
+    @extend_schema(responses={200: RoleSerializer})
     def update(self, request, *args, **kwargs):
         role = self.get_object()
         serializer = self.get_serializer(role, data=request.data, partial=kwargs.pop("partial", False))
@@ -215,7 +204,7 @@ class RoleViewSet(viewsets.ModelViewSet):
         role = services.update_role(actor=request.user, client=self._client(), role=role, **serializer.validated_data)
         return Response(self.get_serializer(self._annotated(role)).data)
 
-    @extend_schema(responses={204: None, 409: OpenApiResponse(description="Default role, or still assigned")})
+    @extend_schema(responses={204: None})
     def destroy(self, request, *args, **kwargs):
         services.delete_role(actor=request.user, client=self._client(), role=self.get_object())
         return Response(status=status.HTTP_204_NO_CONTENT)
@@ -233,7 +222,7 @@ class AuditLogFilter(django_filters.FilterSet):
         fields = ["action", "outcome", "actor_id", "actor_email", "target_type", "target_id", "ip", "request_id"]
 
 
-@extend_schema(tags=["audit"], responses={400: ERRORS[400], 401: ERRORS[401], 403: ERRORS[403]})
+@extend_schema(tags=["audit"])
 class AuditLogViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     """The tenant's audit trail, newest first (read-only; `audit:read`, admins only by default)."""
 
