@@ -25,7 +25,7 @@ values = {
     "ADMIN_PASSWORD": settings.IIOT_ADMIN_PASSWORD,
     "DEMO_EMAIL": settings.IIOT_DEMO_ADMIN_EMAIL,
     "DEMO_PASSWORD": settings.IIOT_DEMO_ADMIN_PASSWORD,
-    "DEBUG_ON": "1" if settings.DEBUG else "",
+    "STATIC_MANIFEST": "1" if settings.IIOT_STATIC_MANIFEST else "",
 }
 for key, value in values.items():
     print(f"{key}={shlex.quote(str(value))}")
@@ -33,8 +33,8 @@ EOF
 )"
 export IIOT_HTTP_PORT
 
-if [[ -z "$DEBUG_ON" ]]; then
-    # With DEBUG off whitenoise serves the collected, hashed files only.
+if [[ -n "$STATIC_MANIFEST" ]]; then
+    # With the manifest storage (DEBUG off) whitenoise serves the collected, hashed files only.
     "$PY" manage.py collectstatic --noinput --verbosity 0
 fi
 
