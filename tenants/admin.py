@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError
 
 from iiot.errors import ServiceConflict
@@ -40,6 +41,17 @@ class TenantCreationForm(forms.ModelForm):
     class Meta:
         model = Tenant
         fields = ["slug", "name", "timezone"]
+
+    def clean_domain(self) -> str:
+        domain = self.cleaned_data["domain"].strip().lower()
+        if Domain.objects.filter(domain=domain).exists():
+            raise ValidationError("This domain already routes to a tenant.")
+        return domain
+
+    def clean_admin_password(self) -> str:
+        password = self.cleaned_data["admin_password"]
+        validate_password(password)
+        return password
 
 
 class DomainInline(admin.TabularInline):

@@ -32,7 +32,6 @@ from iiot.api.pagination import TimeCursorPagination
 from iiot.request_context import ClientInfo, client_ip
 
 
-
 class LoginView(APIView):
     """Exchange email and password for an access/refresh JWT pair bound to this tenant."""
 

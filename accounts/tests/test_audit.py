@@ -47,9 +47,10 @@ def test_database_trigger_refuses_raw_sql(alpha, entry, statement, schema):
 
 
 def test_admin_cannot_add_change_or_delete(alpha, entry, client):
-    from accounts.admin import AuditLogAdmin
     from django.contrib import admin
     from django.test import RequestFactory
+
+    from accounts.admin import AuditLogAdmin
 
     request = RequestFactory().get("/admin/")
     request.user = alpha.users["admin"]  # a superuser inside the tenant

@@ -19,7 +19,7 @@ def beta_objects(beta):
         from accounts.services import create_user
 
         users = [create_user(actor=None, client=None, email=f"b{index}@beta.example.com", password="Beta-Long-Pass-99") for index in range(6)]
-        for index in range(30):
+        for _ in range(30):
             AuditLog.objects.create(action="beta.event", tenant="beta", actor_email="b@beta.example.com")
         audit = AuditLog.objects.create(action="beta.secret", tenant="beta")
     return {"user": users[-1].pk, "role": role.pk, "audit": audit.pk}

@@ -153,3 +153,17 @@ def test_tenant_admin_portal_hides_tenants(alpha, client):
     assert b"/admin/accounts/role/" in index.content
     assert b"/admin/tenants/tenant/" not in index.content
     assert client.get("/admin/tenants/tenant/", HTTP_HOST=alpha.domain).status_code in (403, 404, 302)
+
+
+def test_admin_portal_form_reports_bad_input_without_a_500(platform, db, client):
+    client.post("/admin/login/", {"username": "staff@platform.example.com", "password": PASSWORD}, HTTP_HOST="localhost")
+    response = client.post(
+        "/admin/tenants/tenant/add/",
+        {"slug": "delta", "name": "Delta", "timezone": "UTC", "domain": "alpha.localhost", "admin_email": "a@delta.example.com", "admin_password": "1234567890"},
+        HTTP_HOST="localhost",
+    )
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert "already routes to a tenant" in html
+    assert "This password is entirely numeric" in html
+    assert not Tenant.objects.filter(slug="delta").exists()
