@@ -33,6 +33,12 @@ EOF
 )"
 export IIOT_HTTP_PORT
 
+if ! "$PY" -c "import socket, sys; s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('127.0.0.1', int(sys.argv[1])))" "$IIOT_HTTP_PORT" 2>/dev/null; then
+    echo "Port $IIOT_HTTP_PORT on 127.0.0.1 is already in use (another 'make run'?)." >&2
+    echo "Stop that process, or pick another port: IIOT_HTTP_PORT=8001 make run" >&2
+    exit 1
+fi
+
 if [[ -n "$STATIC_MANIFEST" ]]; then
     # With the manifest storage (DEBUG off) whitenoise serves the collected, hashed files only.
     "$PY" manage.py collectstatic --noinput --verbosity 0
