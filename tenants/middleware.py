@@ -13,6 +13,7 @@ from iiot.request_context import tenant_var
 
 # Paths a suspended tenant still answers: probes, static files and the login page that explains.
 ALWAYS_ALLOWED_PREFIXES = ("/healthz", "/readyz", "/static/")
+PROBE_PATHS = ("/healthz", "/readyz")
 
 
 class TenantMiddleware(TenantMainMiddleware):
@@ -25,7 +26,11 @@ class TenantMiddleware(TenantMainMiddleware):
             tenant_var.set(tenant.schema_name)
         return response
 
-    def no_tenant_found(self, request: HttpRequest, hostname: str) -> HttpResponse:
+    def no_tenant_found(self, request: HttpRequest, hostname: str) -> HttpResponse | None:
+        if request.path in PROBE_PATHS:
+            # Orchestrators probe by IP address: answer on the public URLs whatever the host.
+            self.setup_url_routing(request, force_public=True)
+            return None
         if request.path.startswith("/api/"):
             return error_response(404, "unknown_tenant", f'No tenant is served at "{hostname}".')
         return HttpResponse(f'No tenant is served at "{hostname}".', status=404, content_type="text/plain")

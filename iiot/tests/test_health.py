@@ -1,7 +1,7 @@
 import pytest
 
 
-@pytest.mark.parametrize("host", ["localhost", "alpha.localhost"])
+@pytest.mark.parametrize("host", ["localhost", "alpha.localhost", "127.0.0.1"])
 def test_healthz_answers_on_every_host(platform, db, client, host):
     response = client.get("/healthz", HTTP_HOST=host)
     assert response.status_code == 200
@@ -44,3 +44,9 @@ def test_readyz_redacts_passwords(platform, db, client, settings):
     settings.READINESS_TIMEOUT_SECONDS = 0.5
     body = client.get("/readyz", HTTP_HOST="localhost").json()
     assert "s3cret" not in str(body)
+
+
+def test_probes_answer_by_ip_but_nothing_else_does(platform, db, client):
+    assert client.get("/readyz", HTTP_HOST="127.0.0.1").status_code == 200
+    assert client.get("/admin/", HTTP_HOST="127.0.0.1").status_code == 404
+    assert client.get("/api/v1/users", HTTP_HOST="127.0.0.1").status_code == 404
