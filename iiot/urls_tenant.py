@@ -9,6 +9,8 @@ from iiot import health, views
 
 api_v1 = [
     path("", include("accounts.api.urls")),
+    path("", include("devices.api.urls")),
+    path("", include("telemetry.api.urls")),
     path("schema/", SpectacularAPIView.as_view(authentication_classes=[], permission_classes=[], throttle_classes=[]), name="schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="schema", permission_classes=[], throttle_classes=[]), name="swagger-ui"),
     path("redoc/", SpectacularRedocView.as_view(url_name="schema", permission_classes=[], throttle_classes=[]), name="redoc"),

@@ -1,0 +1,3 @@
+"""Device registry API routes (filled by the devices work)."""
+
+urlpatterns: list = []

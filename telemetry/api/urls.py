@@ -1,0 +1,3 @@
+"""Telemetry and ingest API routes (filled by the telemetry work)."""
+
+urlpatterns: list = []
