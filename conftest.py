@@ -121,3 +121,10 @@ def audit_entries(schema: str, **filters):
 
 def public_audit(**filters):
     return audit_entries(get_public_schema_name(), **filters)
+
+
+# --- MQTT: the platform's Mosquitto (dynamic security plugin), as shipped ------------------------
+from iiot.testing.mosquitto import mosquitto_fixture  # noqa: E402
+
+# Session-wide broker on a free port; settings.MQTT_URL and the MQTT_* credentials point at it.
+mqtt_broker = mosquitto_fixture("session")

@@ -150,8 +150,21 @@ CHANNEL_LAYERS = {
     }
 }
 
-# MQTT broker (Mosquitto): devices publish here; the ingest service subscribes (later issues).
-MQTT_URL = env.str("MQTT_URL", default="mqtt://127.0.0.1:1883")
+# MQTT broker (Mosquitto with the dynamic security plugin): devices publish here, the ingest
+# service subscribes, the platform manages device identities through the admin account.
+# `make run` starts the platform's own broker on IIOT_MQTT_PORT (the system one keeps 1883).
+IIOT_MQTT_PORT = env.int("IIOT_MQTT_PORT", default=1884)
+MQTT_URL = env.str("MQTT_URL", default=f"mqtt://127.0.0.1:{IIOT_MQTT_PORT}")
+# Where devices connect, as told in a credential response (defaults to MQTT_URL).
+MQTT_DEVICE_URL = env.str("MQTT_DEVICE_URL", default="") or MQTT_URL
+MQTT_ADMIN_USERNAME = env.str("MQTT_ADMIN_USERNAME", default="iiot-admin")
+MQTT_ADMIN_PASSWORD = env.str("MQTT_ADMIN_PASSWORD", default="change-me-mqtt-admin-2026")
+MQTT_SERVICE_USERNAME = env.str("MQTT_SERVICE_USERNAME", default="iiot-service")
+MQTT_SERVICE_PASSWORD = env.str("MQTT_SERVICE_PASSWORD", default="change-me-mqtt-service-2026")
+# Seconds to wait for the broker (connect, dynsec answer, PUBACK) before giving up.
+MQTT_TIMEOUT_SECONDS = env.float("MQTT_TIMEOUT_SECONDS", default=5.0)
+# Path of mosquitto_dynamic_security.so when it is not where Debian puts it.
+MQTT_DYNSEC_PLUGIN = env.str("MQTT_DYNSEC_PLUGIN", default="")
 
 # --- Celery -----------------------------------------------------------------------------------
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="redis://127.0.0.1:6379/1")
