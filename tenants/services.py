@@ -137,6 +137,10 @@ def suspend_tenant(*, actor: User | None, client: ClientInfo | None, tenant: Ten
             changes={"status": [TenantStatus.ACTIVE, TenantStatus.SUSPENDED]},
             metadata={"reason": reason},
         )
+        # The broker refuses the tenant's devices (and disconnects them) once this commits.
+        from devices.services import tenant_broker_access_on_commit
+
+        tenant_broker_access_on_commit(schema=tenant.schema_name, enabled=False)
     return tenant
 
 
@@ -152,6 +156,9 @@ def reactivate_tenant(*, actor: User | None, client: ClientInfo | None, tenant: 
         _audit_public(
             "tenant.reactivate", actor=actor, client=client, tenant=tenant, changes={"status": [TenantStatus.SUSPENDED, TenantStatus.ACTIVE]}
         )
+        from devices.services import tenant_broker_access_on_commit
+
+        tenant_broker_access_on_commit(schema=tenant.schema_name, enabled=True)
     return tenant
 
 

@@ -1,3 +1,11 @@
-"""Device registry API routes (filled by the devices work)."""
+"""Device registry API routes (under /api/v1/)."""
 
-urlpatterns: list = []
+from rest_framework.routers import SimpleRouter
+
+from devices.api import views
+
+router = SimpleRouter(trailing_slash=False)
+router.register("device-profiles", views.DeviceProfileViewSet, basename="device-profile")
+router.register("devices", views.DeviceViewSet, basename="device")
+
+urlpatterns = [*router.urls]
