@@ -1,0 +1,455 @@
+"""The telemetry write path: batches of points into a tenant's partitioned tables, latest values to Redis.
+
+Tables (per tenant schema, migrations 0002/0003): `telemetry_point (device_id, metric_id, ts,
+value)` range-partitioned by UTC day with a unique index (device_id, metric_id, ts);
+`telemetry_rollup_1m` / `telemetry_rollup_1h` with count, min, max, sum, sum_sq, first(+ts),
+last(+ts) per (device, metric, bucket). Every statement names its tables with the schema
+(`psycopg.sql.Identifier(schema, table)`); nothing here relies on search_path.
+
+One `TelemetryWriter.write()` is one transaction:
+1. binary COPY of the batch into a session temp table (`pg_temp.telemetry_staging`, emptied at
+   commit);
+2. one statement: INSERT INTO telemetry_point SELECT ... ON CONFLICT DO NOTHING RETURNING the rows
+   actually inserted, and from exactly those rows the 1-minute and 1-hour rollup upserts (so a
+   redelivered batch inserts nothing and changes no rollup);
+3. commit. A point on a day without a partition makes step 2 fail; the writer rolls back, creates
+   the partitions of the batch's days (`telemetry_ensure_partitions`) and runs the batch again.
+Any other database error rolls back and is raised: nothing is half-written, the caller retries.
+
+Latest values in Redis, after the commit (PostgreSQL stays the source of truth):
+    key   `{schema}:latest:{device_id}`    (keys start with the tenant, DESIGN.md)
+    hash  field `metric_id` -> "ts_ms:value"  (epoch milliseconds, value as Python repr)
+A Lua script sets a field only when the new ts_ms is >= the stored one, so an out-of-order or
+redelivered batch never replaces a newer value with an older one. All points of the batch are
+offered (not only the inserted ones) so that retrying a batch after a Redis outage heals the cache.
+A Redis failure is logged and does not fail the write: the points are committed and
+`read_latest` falls back to PostgreSQL for devices Redis knows nothing about.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from typing import Any
+
+import psycopg
+import redis
+from django.conf import settings
+from psycopg import sql
+
+logger = logging.getLogger(__name__)
+
+POINT_TABLE = "telemetry_point"
+ROLLUP_1M_TABLE = "telemetry_rollup_1m"
+ROLLUP_1H_TABLE = "telemetry_rollup_1h"
+ENSURE_PARTITIONS_FUNCTION = "telemetry_ensure_partitions"
+# Buckets are aligned on this origin with date_bin, independent of the session time zone.
+BUCKET_ORIGIN = datetime(2000, 1, 1, tzinfo=UTC)
+# Creating a partition waits at most this long for its locks; the caller retries the batch.
+PARTITION_LOCK_TIMEOUT = "5s"
+# Latest values are written in chunks of this many device keys per script call (one pipeline).
+LATEST_KEYS_PER_CALL = 500
+
+
+@dataclass(frozen=True, slots=True)
+class Point:
+    device_id: int
+    metric_id: int
+    ts: datetime  # aware, UTC
+    value: float
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    inserted: int
+    duplicates: int
+
+
+def latest_key(schema: str, device_id: int) -> str:
+    return f"{schema}:latest:{device_id}"
+
+
+def ts_to_ms(ts: datetime) -> int:
+    # Integer arithmetic: float timestamps lose microseconds far from 1970.
+    delta = ts - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
+
+
+def ms_to_ts(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def database_conninfo(alias: str = "default") -> str:
+    """A libpq conninfo string for the Django database `alias` (test database included)."""
+    from django.db import connections
+
+    params = connections[alias].settings_dict
+    parts = {
+        "dbname": params.get("NAME") or "",
+        "user": params.get("USER") or "",
+        "password": params.get("PASSWORD") or "",
+        "host": params.get("HOST") or "",
+        "port": str(params.get("PORT") or ""),
+    }
+    return psycopg.conninfo.make_conninfo(**{key: value for key, value in parts.items() if value})
+
+
+def _connect(conninfo: str, application_name: str) -> psycopg.Connection:
+    return psycopg.connect(conninfo, autocommit=False, application_name=application_name, options="-c timezone=UTC")
+
+
+# --- SQL -----------------------------------------------------------------------------------------
+
+_STAGING = sql.Identifier("pg_temp", "telemetry_staging")
+_CREATE_STAGING = sql.SQL(
+    "CREATE TEMP TABLE IF NOT EXISTS telemetry_staging "
+    "(device_id int4 NOT NULL, metric_id int4 NOT NULL, ts timestamptz NOT NULL, value float8 NOT NULL) "
+    "ON COMMIT DELETE ROWS"
+)
+_COPY_STAGING = sql.SQL("COPY {} (device_id, metric_id, ts, value) FROM STDIN (FORMAT binary)").format(_STAGING)
+
+
+_ROLLUP_COLUMNS = sql.SQL("device_id, metric_id, bucket, count, min, max, sum, sum_sq, first, first_ts, last, last_ts")
+_ROLLUP_MERGE = sql.SQL(
+    """ON CONFLICT (device_id, metric_id, bucket) DO UPDATE SET
+            count = r.count + EXCLUDED.count,
+            min = LEAST(r.min, EXCLUDED.min),
+            max = GREATEST(r.max, EXCLUDED.max),
+            sum = r.sum + EXCLUDED.sum,
+            sum_sq = r.sum_sq + EXCLUDED.sum_sq,
+            first = CASE WHEN EXCLUDED.first_ts < r.first_ts THEN EXCLUDED.first ELSE r.first END,
+            first_ts = LEAST(r.first_ts, EXCLUDED.first_ts),
+            last = CASE WHEN EXCLUDED.last_ts > r.last_ts THEN EXCLUDED.last ELSE r.last END,
+            last_ts = GREATEST(r.last_ts, EXCLUDED.last_ts)"""
+)
+
+
+def rollup_from_points_sql(source: sql.Composable, width: str) -> sql.Composed:
+    """Rollup rows (in `_ROLLUP_COLUMNS` order) of raw points `source` in buckets of `width`."""
+    return sql.SQL(
+        """SELECT device_id, metric_id, date_bin({width}, ts, {origin}) AS bucket, count(*) AS count, min(value) AS min,
+               max(value) AS max, sum(value) AS sum, sum(value * value) AS sum_sq,
+               (array_agg(value ORDER BY ts))[1] AS first, min(ts) AS first_ts,
+               (array_agg(value ORDER BY ts DESC))[1] AS last, max(ts) AS last_ts
+        FROM {source} GROUP BY 1, 2, 3"""
+    ).format(source=source, width=sql.Literal(width), origin=sql.Literal(BUCKET_ORIGIN))
+
+
+def rollup_from_rollup_sql(source: sql.Composable, width: str) -> sql.Composed:
+    """Rollup rows of coarser buckets `width` merged from finer rollup rows `source`."""
+    return sql.SQL(
+        """SELECT device_id, metric_id, date_bin({width}, bucket, {origin}) AS bucket, sum(count)::bigint AS count,
+               min(min) AS min, max(max) AS max, sum(sum) AS sum, sum(sum_sq) AS sum_sq,
+               (array_agg(first ORDER BY first_ts))[1] AS first, min(first_ts) AS first_ts,
+               (array_agg(last ORDER BY last_ts DESC))[1] AS last, max(last_ts) AS last_ts
+        FROM {source} GROUP BY 1, 2, 3"""
+    ).format(source=source, width=sql.Literal(width), origin=sql.Literal(BUCKET_ORIGIN))
+
+
+def insert_statement(schema: str, *, skip_duplicates: bool) -> sql.Composed:
+    """Staging -> points -> rollups of exactly the inserted rows, in one statement.
+
+    With `skip_duplicates` the insert is ON CONFLICT DO NOTHING (a redelivered point is a no-op);
+    without it the insert is about twice as fast and fails on the first duplicate, which the
+    writer uses as its optimistic first try (redeliveries are rare).
+    """
+    conflict = sql.SQL("ON CONFLICT (device_id, metric_id, ts) DO NOTHING") if skip_duplicates else sql.SQL("")
+    return sql.SQL(
+        """WITH inserted AS (
+            INSERT INTO {point} (device_id, metric_id, ts, value)
+            SELECT device_id, metric_id, ts, value FROM {staging}
+            {conflict}
+            RETURNING device_id, metric_id, ts, value
+        ), minute_rows AS MATERIALIZED ({minute_rows}),
+        minute AS (INSERT INTO {rollup_1m} AS r ({columns}) SELECT * FROM minute_rows {merge} RETURNING 1),
+        hour AS (INSERT INTO {rollup_1h} AS r ({columns}) {hour_rows} {merge} RETURNING 1)
+        SELECT (SELECT count(*) FROM inserted), (SELECT count(*) FROM minute), (SELECT count(*) FROM hour)"""
+    ).format(
+        point=sql.Identifier(schema, POINT_TABLE),
+        staging=_STAGING,
+        conflict=conflict,
+        minute_rows=rollup_from_points_sql(sql.Identifier("inserted"), "1 minute"),
+        hour_rows=rollup_from_rollup_sql(sql.Identifier("minute_rows"), "1 hour"),
+        rollup_1m=sql.Identifier(schema, ROLLUP_1M_TABLE),
+        rollup_1h=sql.Identifier(schema, ROLLUP_1H_TABLE),
+        columns=_ROLLUP_COLUMNS,
+        merge=_ROLLUP_MERGE,
+    )
+
+
+def ensure_partitions_sql(schema: str) -> sql.Composed:
+    """`SELECT <schema>.telemetry_ensure_partitions(%s, %s, %s)` (schema, from, to)."""
+    return sql.SQL("SELECT {}(%s, %s::date, %s::date)").format(sql.Identifier(schema, ENSURE_PARTITIONS_FUNCTION))
+
+
+def _is_missing_partition(exc: BaseException) -> bool:
+    return isinstance(exc, psycopg.errors.CheckViolation) and "no partition" in str(exc)
+
+
+def _contiguous_ranges(days: Iterable[date]) -> list[tuple[date, date]]:
+    """Sorted days grouped into [first, last] runs, so a stray far-off point creates one partition."""
+    ranges: list[tuple[date, date]] = []
+    for day in sorted(set(days)):
+        if ranges and (day - ranges[-1][1]).days == 1:
+            ranges[-1] = (ranges[-1][0], day)
+        else:
+            ranges.append((day, day))
+    return ranges
+
+
+# --- Redis ---------------------------------------------------------------------------------------
+
+# KEYS: device hashes. ARGV: for each key, the number of fields n, then n triples
+# (metric_id, ts_ms, "ts_ms:value"). A field is replaced only by a value at least as new.
+_SET_LATEST_LUA = """
+local a = 1
+local changed = 0
+for i = 1, #KEYS do
+  local n = tonumber(ARGV[a]); a = a + 1
+  for j = 1, n do
+    local field, ts, packed = ARGV[a], tonumber(ARGV[a + 1]), ARGV[a + 2]
+    a = a + 3
+    local current = redis.call('HGET', KEYS[i], field)
+    if (not current) or tonumber(string.match(current, '^(-?%d+):')) <= ts then
+      redis.call('HSET', KEYS[i], field, packed)
+      changed = changed + 1
+    end
+  end
+end
+return changed
+"""
+
+_redis_clients: dict[str, redis.Redis] = {}
+
+
+def redis_client(url: str | None = None) -> redis.Redis:
+    """One client (connection pool) per URL and process."""
+    url = url or settings.REDIS_URL
+    client = _redis_clients.get(url)
+    if client is None:
+        client = _redis_clients[url] = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2)
+    return client
+
+
+def newest_per_series(points: Iterable[Point]) -> dict[int, dict[int, Point]]:
+    """device_id -> metric_id -> the newest point of the batch."""
+    newest: dict[int, dict[int, Point]] = {}
+    for point in points:
+        per_device = newest.setdefault(point.device_id, {})
+        current = per_device.get(point.metric_id)
+        if current is None or point.ts >= current.ts:
+            per_device[point.metric_id] = point
+    return newest
+
+
+def store_latest(client: redis.Redis, schema: str, points: Iterable[Point]) -> int:
+    """Offer the batch's newest values to Redis in one pipelined round trip; returns fields changed."""
+    newest = newest_per_series(points)
+    if not newest:
+        return 0
+    script = client.register_script(_SET_LATEST_LUA)
+    pipe = client.pipeline(transaction=False)
+    devices = list(newest.items())
+    for start in range(0, len(devices), LATEST_KEYS_PER_CALL):
+        keys: list[str] = []
+        args: list[Any] = []
+        for device_id, per_metric in devices[start : start + LATEST_KEYS_PER_CALL]:
+            keys.append(latest_key(schema, device_id))
+            args.append(len(per_metric))
+            for metric_id, point in per_metric.items():
+                ms = ts_to_ms(point.ts)
+                args.extend((metric_id, ms, f"{ms}:{point.value!r}"))
+        script(keys=keys, args=args, client=pipe)
+    return sum(pipe.execute())
+
+
+def _parse_latest(raw: dict[bytes, bytes]) -> dict[int, tuple[datetime, float]]:
+    values: dict[int, tuple[datetime, float]] = {}
+    for field, packed in raw.items():
+        ms, _, value = packed.partition(b":")
+        values[int(field)] = (ms_to_ts(int(ms)), float(value))
+    return values
+
+
+def read_latest(
+    schema: str, device_ids: Sequence[int], *, client: redis.Redis | None = None
+) -> dict[int, dict[int, tuple[datetime, float]]]:
+    """device_id -> metric_id -> (ts, value): newest value per metric.
+
+    One pipelined Redis round trip; devices Redis knows nothing about (cache flushed, Redis down)
+    are answered from PostgreSQL with one query. Devices without any data are left out.
+    """
+    device_ids = list(dict.fromkeys(int(device_id) for device_id in device_ids))
+    if not device_ids:
+        return {}
+    result: dict[int, dict[int, tuple[datetime, float]]] = {}
+    missing = device_ids
+    try:
+        client = client or redis_client()
+        pipe = client.pipeline(transaction=False)
+        for device_id in device_ids:
+            pipe.hgetall(latest_key(schema, device_id))
+        missing = []
+        for device_id, raw in zip(device_ids, pipe.execute(), strict=True):
+            if raw:
+                result[device_id] = _parse_latest(raw)
+            else:
+                missing.append(device_id)
+    except redis.RedisError:
+        logger.warning("latest values: Redis unavailable, reading PostgreSQL", extra={"schema": schema})
+    if missing:
+        result.update(latest_from_database(schema, missing))
+    return result
+
+
+def latest_from_database(schema: str, device_ids: Sequence[int]) -> dict[int, dict[int, tuple[datetime, float]]]:
+    """Newest value per (device, metric) from PostgreSQL, one query.
+
+    Reads the hourly rollups' `last`/`last_ts`: they are written in the same transaction as the
+    points, so the newest bucket's last value is the newest point, and the rollup table has few
+    (monthly) partitions where the raw table has one per day.
+    """
+    from django.db import connection
+
+    statement = sql.SQL(
+        """SELECT DISTINCT ON (r.device_id, r.metric_id) r.device_id, r.metric_id, r.last_ts, r.last
+        FROM {rollup} r WHERE r.device_id = ANY(%s::int[])
+        ORDER BY r.device_id, r.metric_id, r.bucket DESC"""
+    ).format(rollup=sql.Identifier(schema, ROLLUP_1H_TABLE))
+    result: dict[int, dict[int, tuple[datetime, float]]] = {}
+    with connection.cursor() as cursor:
+        cursor.execute(statement.as_string(), [list(device_ids)])
+        for device_id, metric_id, ts, value in cursor.fetchall():
+            result.setdefault(device_id, {})[metric_id] = (ts.astimezone(UTC), value)
+    return result
+
+
+# --- The writer ----------------------------------------------------------------------------------
+
+
+class TelemetryWriter:
+    """Writes batches of points for one tenant schema at a time (see the module docstring).
+
+    Not thread-safe: one writer per thread or task. It owns its PostgreSQL connection (not
+    Django's) and reconnects on the next `write()` after the connection dropped.
+    """
+
+    def __init__(self, *, dsn: str | None = None, redis_url: str | None = None) -> None:
+        self._conninfo = dsn or database_conninfo()
+        self._redis_url = redis_url or settings.REDIS_URL
+        self._conn: psycopg.Connection | None = None
+        self._redis: redis.Redis | None = None
+        self._statements: dict[tuple[str, bool], bytes] = {}
+
+    # connection handling
+    def _connection(self) -> psycopg.Connection:
+        conn = self._conn
+        if conn is None or conn.closed or conn.broken:
+            if conn is not None:
+                conn.close()
+            conn = self._conn = _connect(self._conninfo, "iiot-telemetry-writer")
+            with conn.cursor() as cursor:
+                cursor.execute(_CREATE_STAGING)
+            conn.commit()
+        return conn
+
+    def _redis_client(self) -> redis.Redis:
+        if self._redis is None:
+            self._redis = redis.Redis.from_url(self._redis_url, socket_timeout=5, socket_connect_timeout=2)
+        return self._redis
+
+    def _statement(self, schema: str, *, skip_duplicates: bool) -> bytes:
+        key = (schema, skip_duplicates)
+        statement = self._statements.get(key)
+        if statement is None:
+            statement = self._statements[key] = insert_statement(schema, skip_duplicates=skip_duplicates).as_bytes()
+        return statement
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        if self._redis is not None:
+            self._redis.close()
+            self._redis = None
+
+    def __enter__(self) -> TelemetryWriter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # writing
+    def write(self, schema: str, points: Sequence[Point]) -> WriteResult:
+        if not points:
+            return WriteResult(inserted=0, duplicates=0)
+        try:
+            inserted = self._write_once(schema, points)
+        except psycopg.Error as exc:
+            if not _is_missing_partition(exc):
+                raise
+            self.ensure_partitions(schema, (point.ts.astimezone(UTC).date() for point in points))
+            inserted = self._write_once(schema, points)
+        try:
+            store_latest(self._redis_client(), schema, points)
+        except redis.RedisError:
+            logger.warning("latest values not stored: Redis unavailable", extra={"schema": schema}, exc_info=True)
+        return WriteResult(inserted=inserted, duplicates=len(points) - inserted)
+
+    def _write_once(self, schema: str, points: Sequence[Point]) -> int:
+        conn = self._connection()
+        try:
+            with conn.cursor() as cursor:
+                with cursor.copy(_COPY_STAGING) as copy:
+                    copy.set_types(("int4", "int4", "timestamptz", "float8"))
+                    write_row = copy.write_row
+                    for point in points:
+                        write_row((point.device_id, point.metric_id, point.ts, point.value))
+                # Optimistic: a plain insert, undone to the savepoint if the batch holds a duplicate.
+                cursor.execute("SAVEPOINT telemetry_batch")
+                try:
+                    cursor.execute(self._statement(schema, skip_duplicates=False))
+                except psycopg.errors.UniqueViolation:
+                    cursor.execute("ROLLBACK TO SAVEPOINT telemetry_batch")
+                    cursor.execute(self._statement(schema, skip_duplicates=True))
+                row = cursor.fetchone()
+            conn.commit()
+        except BaseException:
+            self._rollback_quietly()
+            raise
+        return int(row[0]) if row else 0
+
+    def _rollback_quietly(self) -> None:
+        conn = self._conn
+        if conn is None or conn.closed:
+            return
+        try:
+            conn.rollback()
+        except psycopg.Error:
+            conn.close()  # reconnect on the next write
+
+    def ensure_partitions(self, schema: str, days: Iterable[date]) -> int:
+        """Create the missing partitions for `days` (each run of consecutive days in one call)."""
+        conn = self._connection()
+        created = 0
+        statement = ensure_partitions_sql(schema)
+        try:
+            with conn.cursor() as cursor:
+                cursor.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(PARTITION_LOCK_TIMEOUT)))
+                for first, last in _contiguous_ranges(days):
+                    cursor.execute(statement, (schema, first, last))
+                    row = cursor.fetchone()
+                    created += int(row[0]) if row else 0
+            conn.commit()
+        except psycopg.errors.UniqueViolation:
+            # Another writer created the same partition at the same moment: it exists now.
+            self._rollback_quietly()
+        except BaseException:
+            self._rollback_quietly()
+            raise
+        return created
