@@ -332,16 +332,21 @@ def ensure_service_account(*, dynsec: DynsecClient) -> None:
 
     username = settings.MQTT_SERVICE_USERNAME
     password = settings.MQTT_SERVICE_PASSWORD
-    dynsec.execute(
+    created = dynsec.execute(
         [
             {"command": "createRole", "rolename": SERVICE_ROLE, "acls": service_role_acls()},
             {"command": "createClient", "username": username, "password": password, "roles": [{"rolename": SERVICE_ROLE}]},
-            {"command": "setClientPassword", "username": username, "password": password},
-            {"command": "addClientRole", "username": username, "rolename": SERVICE_ROLE},
-            {"command": "enableClient", "username": username},
         ],
         tolerate=[ROLE_EXISTS, CLIENT_EXISTS],
     )
+    commands: list[dict[str, Any]] = []
+    if created[1].get("error") == CLIENT_EXISTS:
+        client = dynsec.execute([{"command": "getClient", "username": username}])[0].get("data", {}).get("client", {})
+        if not any(r.get("rolename") == SERVICE_ROLE for r in client.get("roles", [])):
+            commands.append({"command": "addClientRole", "username": username, "rolename": SERVICE_ROLE})
+        commands.append({"command": "setClientPassword", "username": username, "password": password})
+    commands.append({"command": "enableClient", "username": username})
+    dynsec.execute(commands)
 
 
 # --- Publishing as the service account ----------------------------------------------------------

@@ -178,6 +178,14 @@ CELERY_TIMEZONE = "UTC"
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False  # keep the structured (JSON) log handlers
 
+# --- Telemetry storage and queries (telemetry/storage.py, telemetry/selectors.py) ----------------
+# Days of partitions created ahead of today by Celery beat (hourly) and `manage.py telemetry_partitions`.
+TELEMETRY_PARTITIONS_AHEAD_DAYS = env.int("TELEMETRY_PARTITIONS_AHEAD_DAYS", default=3)
+# Beat schedule from settings (django-celery-beat's DatabaseScheduler syncs it into its tables).
+CELERY_BEAT_SCHEDULE = {
+    "telemetry-partitions-ahead": {"task": "telemetry.ensure_partitions_ahead", "schedule": 3600.0},
+}
+
 # --- Auth -------------------------------------------------------------------------------------
 AUTH_USER_MODEL = "accounts.User"
 PASSWORD_HASHERS = [
