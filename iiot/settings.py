@@ -166,6 +166,28 @@ MQTT_TIMEOUT_SECONDS = env.float("MQTT_TIMEOUT_SECONDS", default=5.0)
 # Path of mosquitto_dynamic_security.so when it is not where Debian puts it.
 MQTT_DYNSEC_PLUGIN = env.str("MQTT_DYNSEC_PLUGIN", default="")
 
+# --- Ingest (manage.py ingest; telemetry/pipeline.py, telemetry/transports/) ----------------------
+# Flush a tenant's batch when it holds this many points or its oldest point waited this long.
+INGEST_BATCH_MAX_POINTS = env.int("INGEST_BATCH_MAX_POINTS", default=20_000)
+INGEST_FLUSH_MS = env.int("INGEST_FLUSH_MS", default=150)
+# Accepted timestamps: at most this far in the past / future of the receive time.
+INGEST_MAX_PAST_S = env.int("INGEST_MAX_PAST_S", default=7 * 24 * 3600)
+INGEST_MAX_FUTURE_S = env.int("INGEST_MAX_FUTURE_S", default=300)
+INGEST_MAX_MESSAGE_BYTES = env.int("INGEST_MAX_MESSAGE_BYTES", default=256 * 1024)
+INGEST_MAX_POINTS_PER_MESSAGE = env.int("INGEST_MAX_POINTS_PER_MESSAGE", default=10_000)
+# Auto-registration stops creating catalogue metrics for a tenant beyond this many.
+INGEST_MAX_METRICS_PER_TENANT = env.int("INGEST_MAX_METRICS_PER_TENANT", default=10_000)
+# Dead letters kept per tenant (newest first) for GET /api/v1/ingest/rejections.
+INGEST_DEAD_LETTERS = env.int("INGEST_DEAD_LETTERS", default=1000)
+# Safety-net reload of each tenant's registry index (changes are also pushed through Redis).
+INGEST_REGISTRY_REFRESH_S = env.float("INGEST_REGISTRY_REFRESH_S", default=30.0)
+# MQTT session kept by the broker while an ingest process is away (its queued QoS 1 messages too).
+INGEST_SESSION_EXPIRY_S = env.int("INGEST_SESSION_EXPIRY_S", default=7 * 24 * 3600)
+# Receive maximum announced to the broker: QoS 1 messages in flight (unacknowledged) per process.
+INGEST_RECEIVE_MAXIMUM = env.int("INGEST_RECEIVE_MAXIMUM", default=65535)
+# Points held in memory (not yet written) beyond which the process stops reading the socket.
+INGEST_MAX_PENDING_POINTS = env.int("INGEST_MAX_PENDING_POINTS", default=400_000)
+
 # --- Celery -----------------------------------------------------------------------------------
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="redis://127.0.0.1:6379/1")
 CELERY_RESULT_BACKEND = env.str("CELERY_RESULT_BACKEND", default="redis://127.0.0.1:6379/2")

@@ -1,0 +1,103 @@
+"""`python manage.py ingest`: the MQTT ingest service (see telemetry/transports/mqtt.py).
+
+    python manage.py ingest                    # one process, client id ingest-<host>-0
+    python manage.py ingest --processes 2      # two worker processes (ids -0 and -1)
+    python manage.py ingest --instance 3       # when a supervisor starts the command N times
+
+All processes join the shared subscription group `ingest`, so the broker splits the stream
+between them. Each instance must keep its number across restarts (its persistent session, and
+what the broker queued for it, are keyed by the client id). SIGTERM or SIGINT: the pending
+batches are written and acknowledged, then the process exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+import signal
+import time
+
+from django.core.management.base import BaseCommand
+
+logger = logging.getLogger("telemetry.ingest")
+
+
+def run_instance(instance: int, url: str | None, stats_interval: float) -> None:
+    from telemetry.pipeline import Pipeline
+    from telemetry.registry import Registry
+    from telemetry.transports.base import IngestService
+    from telemetry.transports.mqtt import MqttTransport, default_client_id
+
+    async def main() -> None:
+        registry = Registry()
+        registry.start()
+        service = IngestService(Pipeline(registry))
+        transport = MqttTransport(service, url=url, client_id=default_client_id(instance))
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, transport.stop)
+
+        async def report() -> None:
+            previous, started = 0, time.monotonic()
+            while True:
+                await asyncio.sleep(stats_interval)
+                written = service.stats.points_written
+                elapsed, started = time.monotonic() - started, time.monotonic()
+                logger.info(
+                    "ingest stats",
+                    extra={**service.stats.as_dict(), "points_per_s": round((written - previous) / elapsed), "pending": service.pending_points},
+                )
+                previous = written
+
+        reporter = asyncio.create_task(report())
+        try:
+            await transport.run()
+        finally:
+            reporter.cancel()
+            registry.stop()
+            logger.info("ingest stopped", extra=service.stats.as_dict())
+
+    asyncio.run(main())
+
+
+def _child(instance: int, url: str | None, stats_interval: float) -> None:
+    import django
+
+    django.setup()
+    run_instance(instance, url, stats_interval)
+
+
+class Command(BaseCommand):
+    help = "Receive device messages from MQTT, validate them and store them (shared subscription)."
+
+    def add_arguments(self, parser) -> None:
+        parser.add_argument("--processes", type=int, default=1, help="Worker processes to start (default 1).")
+        parser.add_argument("--instance", type=int, default=int(os.environ.get("INGEST_INSTANCE", "0")),
+                            help="Number of the first instance (client id ingest-<host>-<n>); default $INGEST_INSTANCE or 0.")
+        parser.add_argument("--url", default=None, help="Broker URL (default settings.MQTT_URL).")
+        parser.add_argument("--stats-interval", type=float, default=30.0, help="Seconds between stats log lines.")
+
+    def handle(self, *args, **options) -> None:
+        count, first = max(1, options["processes"]), options["instance"]
+        if count == 1:
+            run_instance(first, options["url"], options["stats_interval"])
+            return
+        context = multiprocessing.get_context("spawn")
+        children = [
+            context.Process(target=_child, args=(first + n, options["url"], options["stats_interval"]), name=f"ingest-{first + n}")
+            for n in range(count)
+        ]
+        for child in children:
+            child.start()
+
+        def forward(signum, frame) -> None:
+            for child in children:
+                if child.pid and child.is_alive():
+                    os.kill(child.pid, signal.SIGTERM)
+
+        signal.signal(signal.SIGTERM, forward)
+        signal.signal(signal.SIGINT, forward)
+        for child in children:
+            child.join()
