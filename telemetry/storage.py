@@ -129,15 +129,23 @@ _ROLLUP_MERGE = sql.SQL(
 )
 
 
+# PostgreSQL raises on float overflow and underflow, which would make a batch holding one extreme
+# (finite) value fail for ever: a square that would overflow is stored as Infinity, one that would
+# underflow as 0.
+_SQUARE = sql.SQL(
+    "CASE WHEN abs(value) >= 1e154 THEN 'Infinity'::float8 WHEN abs(value) < 1e-154 THEN 0::float8 ELSE value * value END"
+)
+
+
 def rollup_from_points_sql(source: sql.Composable, width: str) -> sql.Composed:
     """Rollup rows (in `_ROLLUP_COLUMNS` order) of raw points `source` in buckets of `width`."""
     return sql.SQL(
         """SELECT device_id, metric_id, date_bin({width}, ts, {origin}) AS bucket, count(*) AS count, min(value) AS min,
-               max(value) AS max, sum(value) AS sum, sum(value * value) AS sum_sq,
+               max(value) AS max, sum(value) AS sum, sum({square}) AS sum_sq,
                (array_agg(value ORDER BY ts))[1] AS first, min(ts) AS first_ts,
                (array_agg(value ORDER BY ts DESC))[1] AS last, max(ts) AS last_ts
         FROM {source} GROUP BY 1, 2, 3"""
-    ).format(source=source, width=sql.Literal(width), origin=sql.Literal(BUCKET_ORIGIN))
+    ).format(source=source, width=sql.Literal(width), origin=sql.Literal(BUCKET_ORIGIN), square=_SQUARE)
 
 
 def rollup_from_rollup_sql(source: sql.Composable, width: str) -> sql.Composed:

@@ -1,0 +1,186 @@
+"""TelemetryWriter: exact round trip, dedup, rollups against raw data, partitions, latest values."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections import defaultdict
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from telemetry.storage import Point, TelemetryWriter, WriteResult, latest_key, read_latest, redis_client
+from telemetry.tests import storage_support
+from telemetry.tests.storage_support import fetch, utc
+
+# fixtures shared with the query tests
+clean_telemetry = storage_support.clean_telemetry
+writer = storage_support.writer
+
+pytestmark = pytest.mark.django_db(transaction=False)
+
+
+def test_round_trip_exact_microseconds_into_the_right_schema(writer):
+    ts = utc(2026, 3, 1, 12, 0, 0, 123457)
+    points = [Point(101, 7, ts, 21.5), Point(101, 7, ts + timedelta(microseconds=1), -0.1), Point(101, 8, ts, 1e300)]
+    assert writer.write("alpha", points) == WriteResult(inserted=3, duplicates=0)
+    rows = fetch("SELECT device_id, metric_id, ts, value FROM alpha.telemetry_point ORDER BY metric_id, ts")
+    assert rows == [(p.device_id, p.metric_id, p.ts, p.value) for p in points]
+    assert fetch("SELECT count(*) FROM beta.telemetry_point") == [(0,)]
+
+
+def test_redelivered_batch_inserts_nothing_and_leaves_rollups_unchanged(writer):
+    base = utc(2026, 3, 1, 10, 59, 30)
+    batch = [Point(5, 1, base + timedelta(seconds=i), float(i)) for i in range(60)]
+    assert writer.write("alpha", batch) == WriteResult(inserted=60, duplicates=0)
+    before = fetch("SELECT * FROM alpha.telemetry_rollup_1m ORDER BY bucket"), fetch("SELECT * FROM alpha.telemetry_rollup_1h ORDER BY bucket")
+    assert writer.write("alpha", batch) == WriteResult(inserted=0, duplicates=60)
+    # a batch overlapping the first: only the new half counts
+    overlap = batch[30:] + [Point(5, 1, base + timedelta(seconds=60 + i), 100.0 + i) for i in range(30)]
+    assert writer.write("alpha", overlap[:30]) == WriteResult(inserted=0, duplicates=30)
+    after = fetch("SELECT * FROM alpha.telemetry_rollup_1m ORDER BY bucket"), fetch("SELECT * FROM alpha.telemetry_rollup_1h ORDER BY bucket")
+    assert before == after
+    assert writer.write("alpha", overlap) == WriteResult(inserted=30, duplicates=30)
+    assert fetch("SELECT sum(count) FROM alpha.telemetry_rollup_1h") == [(90,)]
+
+
+def test_duplicates_inside_one_batch_are_stored_once(writer):
+    ts = utc(2026, 3, 2, 0, 0, 1)
+    result = writer.write("alpha", [Point(9, 1, ts, 1.0), Point(9, 1, ts, 1.0), Point(9, 1, ts + timedelta(seconds=1), 2.0)])
+    assert result == WriteResult(inserted=2, duplicates=1)
+    assert fetch("SELECT count, sum FROM alpha.telemetry_rollup_1m") == [(2, 3.0)]
+
+
+def _expected_rollups(points: list[Point], width: timedelta) -> dict[tuple, tuple]:
+    groups: dict[tuple, list[Point]] = defaultdict(list)
+    origin = datetime(2000, 1, 1, tzinfo=UTC)
+    for p in points:
+        bucket = origin + ((p.ts - origin) // width) * width
+        groups[(p.device_id, p.metric_id, bucket)].append(p)
+    expected = {}
+    for key, group in groups.items():
+        group.sort(key=lambda p: p.ts)
+        values = [p.value for p in group]
+        expected[key] = (len(values), min(values), max(values), sum(values), sum(v * v for v in values),
+                         group[0].value, group[0].ts, group[-1].value, group[-1].ts)  # fmt: skip
+    return expected
+
+
+def _stored_rollups(table: str, device_ids: set[int]) -> dict[tuple, tuple]:
+    rows = fetch(
+        f"SELECT device_id, metric_id, bucket, count, min, max, sum, sum_sq, first, first_ts, last, last_ts FROM alpha.{table} "
+        "WHERE device_id = ANY(%s)",
+        list(device_ids),
+    )
+    return {tuple(row[:3]): tuple(row[3:]) for row in rows}
+
+
+def _assert_rollups_match(points: list[Point]) -> None:
+    for table, width in (("telemetry_rollup_1m", timedelta(minutes=1)), ("telemetry_rollup_1h", timedelta(hours=1))):
+        expected, stored = _expected_rollups(points, width), _stored_rollups(table, {p.device_id for p in points})
+        assert set(stored) == set(expected), table
+        for key, (count, vmin, vmax, vsum, vsq, first, first_ts, last, last_ts) in expected.items():
+            got = stored[key]
+            assert got[0] == count and got[1] == vmin and got[2] == vmax, (table, key)
+            assert math.isclose(got[3], vsum, rel_tol=1e-9, abs_tol=1e-6) and math.isclose(got[4], vsq, rel_tol=1e-9, abs_tol=1e-6)
+            assert got[5:] == (first, first_ts, last, last_ts), (table, key)
+            # the mean the API derives from a rollup equals the raw mean
+            assert math.isclose(got[3] / got[0], vsum / count, rel_tol=1e-9, abs_tol=1e-6)
+
+
+_series_offsets = st.lists(st.integers(min_value=0, max_value=3 * 3600 * 1000), min_size=1, max_size=120)
+_values = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False)
+_device_ids = itertools.count(10_000)
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_rollups_agree_with_raw_data_over_many_batches(writer, data):
+    device = next(_device_ids)  # each example has its own device: examples share the committed tables
+    base = utc(2026, 3, 3, 22, 30)
+    offsets = data.draw(_series_offsets)
+    points = [Point(device, 1 + i % 2, base + timedelta(milliseconds=off), data.draw(_values)) for i, off in enumerate(offsets)]
+    # split into batches delivered out of order, with one batch delivered twice
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(points)), max_size=4)))
+    batches = [points[a:b] for a, b in itertools.pairwise([0, *cuts, len(points)]) if b > a]
+    order = data.draw(st.permutations(range(len(batches))))
+    for index in [*order, order[0]]:
+        writer.write("alpha", batches[index])
+    unique = {(p.device_id, p.metric_id, p.ts): p for p in reversed(points)}  # first occurrence wins, like the table
+    stored = fetch("SELECT device_id, metric_id, ts, value FROM alpha.telemetry_point WHERE device_id = %s", device)
+    assert sorted(stored) == sorted((p.device_id, p.metric_id, p.ts, p.value) for p in _first_delivered(batches, order))
+    assert len(stored) == len(unique)
+    _assert_rollups_match([Point(*row) for row in stored])
+
+
+def _first_delivered(batches: list[list[Point]], order: list[int]) -> list[Point]:
+    seen: dict[tuple, Point] = {}
+    for index in order:
+        for p in batches[index]:
+            seen.setdefault((p.device_id, p.metric_id, p.ts), p)
+    return list(seen.values())
+
+
+def test_partition_created_on_demand_for_a_day_without_one(writer):
+    day = utc(2031, 6, 15, 8)
+    assert fetch("SELECT to_regclass('alpha.telemetry_point_p20310615')") == [(None,)]
+    result = writer.write("alpha", [Point(3, 1, day, 1.0), Point(3, 1, day + timedelta(days=1), 2.0)])
+    assert result == WriteResult(inserted=2, duplicates=0)
+    partitions = fetch(
+        "SELECT to_regclass('alpha.telemetry_point_p20310615')::text, to_regclass('alpha.telemetry_point_p20310616')::text, "
+        "to_regclass('alpha.telemetry_rollup_1m_p20310615')::text, to_regclass('alpha.telemetry_rollup_1h_p203106')::text"
+    )[0]
+    assert None not in partitions
+    assert fetch("SELECT count(*) FROM alpha.telemetry_point_p20310616") == [(1,)]
+
+
+def test_points_two_days_old_and_tomorrow_are_stored(writer):
+    now = datetime.now(UTC)
+    points = [Point(4, 1, now - timedelta(days=2), 1.0), Point(4, 1, now + timedelta(days=1), 2.0)]
+    assert writer.write("alpha", points).inserted == 2
+
+
+def test_database_failure_rolls_back_everything_and_raises(writer):
+    ts = utc(2026, 3, 4, 1)
+    with pytest.raises(psycopg.Error):
+        writer.write("no_such_schema", [Point(1, 1, ts, 1.0)])
+    # the writer is usable again and nothing was half-written
+    assert writer.write("alpha", [Point(1, 1, ts, 1.0)]).inserted == 1
+    assert fetch("SELECT count(*) FROM alpha.telemetry_rollup_1m") == [(1,)]
+
+
+def test_writer_reconnects_after_the_connection_drops(writer):
+    ts = utc(2026, 3, 4, 2)
+    writer.write("alpha", [Point(1, 1, ts, 1.0)])
+    pid = writer._conn.info.backend_pid
+    fetch("SELECT pg_terminate_backend(%s)", pid)
+    with pytest.raises(psycopg.OperationalError):
+        writer.write("alpha", [Point(1, 1, ts + timedelta(seconds=1), 2.0)])
+    assert writer.write("alpha", [Point(1, 1, ts + timedelta(seconds=1), 2.0)]).inserted == 1
+
+
+def test_latest_values_never_regress_with_out_of_order_batches(writer):
+    base = utc(2026, 3, 5, 12)
+    writer.write("alpha", [Point(77, 1, base + timedelta(seconds=10), 10.0), Point(77, 2, base, 5.0)])
+    writer.write("alpha", [Point(77, 1, base + timedelta(seconds=5), 5.0), Point(77, 2, base + timedelta(seconds=1), 6.0)])
+    writer.write("alpha", [Point(77, 1, base, 0.0)])
+    latest = read_latest("alpha", [77])
+    assert latest == {77: {1: (base + timedelta(seconds=10), 10.0), 2: (base + timedelta(seconds=1), 6.0)}}
+    raw = redis_client().hgetall(latest_key("alpha", 77))
+    assert raw[b"1"] == f"{int((base + timedelta(seconds=10)).timestamp() * 1000)}:10.0".encode()
+    assert read_latest("beta", [77]) == {}
+
+
+def test_read_latest_falls_back_to_postgresql_when_redis_has_nothing(writer):
+    base = utc(2026, 3, 5, 13, 0, 0, 250)
+    writer.write("alpha", [Point(78, 1, base, 1.0), Point(78, 1, base + timedelta(hours=2), 3.5), Point(79, 2, base, 7.0)])
+    redis_client().delete(latest_key("alpha", 78), latest_key("alpha", 79))
+    assert read_latest("alpha", [78, 79, 80]) == {78: {1: (base + timedelta(hours=2), 3.5)}, 79: {2: (base, 7.0)}}
+
+
+def test_write_survives_redis_being_down(clean_telemetry):
+    with TelemetryWriter(redis_url="redis://127.0.0.1:1/0") as broken_redis:
+        assert broken_redis.write("alpha", [Point(1, 1, utc(2026, 3, 6), 1.0)]).inserted == 1
