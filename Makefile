@@ -13,7 +13,7 @@ STAMP := $(VENV)/.installed
 PIP_FLAGS := --disable-pip-version-check --progress-bar off --quiet
 export VENV
 
-.PHONY: help run test lint migrate bootstrap check-services install
+.PHONY: help run test lint migrate bootstrap broker-config check-services install
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-15s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -49,7 +49,11 @@ migrate: $(STAMP) .env ## Create the database if missing, migrate the public and
 bootstrap: migrate ## Public tenant, platform superuser, demo tenant on demo.localhost (idempotent)
 	$(BIN)/python manage.py bootstrap_platform
 
-run: bootstrap ## Check services, migrate, bootstrap, then start the Procfile on 127.0.0.1:IIOT_HTTP_PORT (8000)
+# The Procfile's broker: config and dynamic-security.json in var/mosquitto (idempotent; keeps devices).
+broker-config: $(STAMP) .env ## Write the platform broker's config into var/mosquitto (port IIOT_MQTT_PORT, 1884)
+	$(BIN)/python manage.py mqtt_broker_config --dir var/mosquitto
+
+run: bootstrap broker-config ## Check services, migrate, bootstrap, then start the Procfile on 127.0.0.1:IIOT_HTTP_PORT (8000)
 	bash scripts/run.sh
 
 # The suite creates its own database (test_iiot) and pins its settings in pyproject.toml

@@ -127,4 +127,6 @@ def public_audit(**filters):
 from iiot.testing.mosquitto import mosquitto_fixture  # noqa: E402
 
 # Session-wide broker on a free port; settings.MQTT_URL and the MQTT_* credentials point at it.
-mqtt_broker = mosquitto_fixture("session")
+# Autouse: the default MQTT_URL is the broker `make run` starts, which a test run never relies on
+# (readiness probes included), so every test sees the suite's own broker, configured as shipped.
+mqtt_broker = mosquitto_fixture("session", autouse=True)

@@ -175,10 +175,10 @@ def broker_settings(broker: MosquittoBroker) -> Iterator[None]:
             setattr(settings, name, value)
 
 
-def mosquitto_fixture(scope: str = "session", *, apply_settings: bool = True):
+def mosquitto_fixture(scope: str = "session", *, apply_settings: bool = True, autouse: bool = False):
     """A pytest fixture factory: `my_broker = mosquitto_fixture("module")` in a conftest or test module."""
 
-    @pytest.fixture(scope=scope)
+    @pytest.fixture(scope=scope, autouse=autouse)
     def _fixture(tmp_path_factory) -> Iterator[MosquittoBroker]:
         with running_mosquitto(tmp_path_factory.mktemp("mosquitto")) as broker:
             if apply_settings:
