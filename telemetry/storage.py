@@ -31,7 +31,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -50,7 +50,7 @@ BUCKET_ORIGIN = datetime(2000, 1, 1, tzinfo=UTC)
 # Creating a partition waits at most this long for its locks; the caller retries the batch.
 PARTITION_LOCK_TIMEOUT = "5s"
 # Latest values are written in chunks of this many device keys per script call (one pipeline).
-LATEST_KEYS_PER_CALL = 500
+LATEST_KEYS_PER_CALL = 2000
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,8 +114,8 @@ _CREATE_STAGING = sql.SQL(
 _COPY_STAGING = sql.SQL("COPY {} (device_id, metric_id, ts, value) FROM STDIN (FORMAT binary)").format(_STAGING)
 
 
-_ROLLUP_COLUMNS = sql.SQL("device_id, metric_id, bucket, count, min, max, sum, sum_sq, first, first_ts, last, last_ts")
-_ROLLUP_MERGE = sql.SQL(
+ROLLUP_COLUMNS = sql.SQL("device_id, metric_id, bucket, count, min, max, sum, sum_sq, first, first_ts, last, last_ts")
+ROLLUP_MERGE = sql.SQL(
     """ON CONFLICT (device_id, metric_id, bucket) DO UPDATE SET
             count = r.count + EXCLUDED.count,
             min = LEAST(r.min, EXCLUDED.min),
@@ -138,7 +138,7 @@ _SQUARE = sql.SQL(
 
 
 def rollup_from_points_sql(source: sql.Composable, width: str) -> sql.Composed:
-    """Rollup rows (in `_ROLLUP_COLUMNS` order) of raw points `source` in buckets of `width`."""
+    """Rollup rows (in `ROLLUP_COLUMNS` order) of raw points `source` in buckets of `width`."""
     return sql.SQL(
         """SELECT device_id, metric_id, date_bin({width}, ts, {origin}) AS bucket, count(*) AS count, min(value) AS min,
                max(value) AS max, sum(value) AS sum, sum({square}) AS sum_sq,
@@ -185,8 +185,8 @@ def insert_statement(schema: str, *, skip_duplicates: bool) -> sql.Composed:
         hour_rows=rollup_from_rollup_sql(sql.Identifier("minute_rows"), "1 hour"),
         rollup_1m=sql.Identifier(schema, ROLLUP_1M_TABLE),
         rollup_1h=sql.Identifier(schema, ROLLUP_1H_TABLE),
-        columns=_ROLLUP_COLUMNS,
-        merge=_ROLLUP_MERGE,
+        columns=ROLLUP_COLUMNS,
+        merge=ROLLUP_MERGE,
     )
 
 
@@ -260,8 +260,7 @@ def store_latest(client: redis.Redis, schema: str, points: Iterable[Point]) -> i
     newest = newest_per_series(points)
     if not newest:
         return 0
-    script = client.register_script(_SET_LATEST_LUA)
-    pipe = client.pipeline(transaction=False)
+    calls: list[tuple[list[str], list[Any]]] = []
     devices = list(newest.items())
     for start in range(0, len(devices), LATEST_KEYS_PER_CALL):
         keys: list[str] = []
@@ -272,15 +271,40 @@ def store_latest(client: redis.Redis, schema: str, points: Iterable[Point]) -> i
             for metric_id, point in per_metric.items():
                 ms = ts_to_ms(point.ts)
                 args.extend((metric_id, ms, f"{ms}:{point.value!r}"))
+        calls.append((keys, args))
+    return sum(_run_script(client, _SET_LATEST_LUA, calls))
+
+
+def _run_script(client: redis.Redis, source: str, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
+    """Run a Lua script once per (keys, args): one EVALSHA, or one pipeline when there are several."""
+    script = client.register_script(source)
+    if len(calls) == 1:
+        keys, args = calls[0]
+        return [script(keys=keys, args=args)]
+    pipe = client.pipeline(transaction=False)
+    for keys, args in calls:
         script(keys=keys, args=args, client=pipe)
-    return sum(pipe.execute())
+    return pipe.execute()
 
 
-def _parse_latest(raw: dict[bytes, bytes]) -> dict[int, tuple[datetime, float]]:
+# KEYS: device hashes. Returns one flat [field, value, ...] array per key: a single command whose
+# reply hiredis parses in one go, where a pipeline of HGETALLs costs a command object per key.
+_GET_LATEST_LUA = """
+local out = {}
+for i = 1, #KEYS do
+  out[i] = redis.call('HGETALL', KEYS[i])
+end
+return out
+"""
+# Devices per script call when reading (bounds the time Redis spends in one script).
+LATEST_READ_KEYS_PER_CALL = 2000
+
+
+def _parse_latest(flat: list[bytes]) -> dict[int, tuple[datetime, float]]:
     values: dict[int, tuple[datetime, float]] = {}
-    for field, packed in raw.items():
-        ms, _, value = packed.partition(b":")
-        values[int(field)] = (ms_to_ts(int(ms)), float(value))
+    for index in range(0, len(flat), 2):
+        ms, _, value = flat[index + 1].partition(b":")
+        values[int(flat[index])] = (_EPOCH + timedelta(milliseconds=int(ms)), float(value))
     return values
 
 
@@ -289,8 +313,9 @@ def read_latest(
 ) -> dict[int, dict[int, tuple[datetime, float]]]:
     """device_id -> metric_id -> (ts, value): newest value per metric.
 
-    One pipelined Redis round trip; devices Redis knows nothing about (cache flushed, Redis down)
-    are answered from PostgreSQL with one query. Devices without any data are left out.
+    One Redis round trip (a read-only script over the device hashes, pipelined in chunks);
+    devices Redis knows nothing about (cache flushed, Redis down) are answered from PostgreSQL
+    with one query. Devices without any data are left out.
     """
     device_ids = list(dict.fromkeys(int(device_id) for device_id in device_ids))
     if not device_ids:
@@ -299,13 +324,15 @@ def read_latest(
     missing = device_ids
     try:
         client = client or redis_client()
-        pipe = client.pipeline(transaction=False)
-        for device_id in device_ids:
-            pipe.hgetall(latest_key(schema, device_id))
+        chunks = [
+            [latest_key(schema, device_id) for device_id in device_ids[start : start + LATEST_READ_KEYS_PER_CALL]]
+            for start in range(0, len(device_ids), LATEST_READ_KEYS_PER_CALL)
+        ]
+        replies = [flat for reply in _run_script(client, _GET_LATEST_LUA, [(keys, []) for keys in chunks]) for flat in reply]
         missing = []
-        for device_id, raw in zip(device_ids, pipe.execute(), strict=True):
-            if raw:
-                result[device_id] = _parse_latest(raw)
+        for device_id, flat in zip(device_ids, replies, strict=True):
+            if flat:
+                result[device_id] = _parse_latest(flat)
             else:
                 missing.append(device_id)
     except redis.RedisError:
