@@ -6,7 +6,7 @@
 Use a database of its own (`createdb`, `manage.py migrate_schemas --shared`): the script provisions
 the tenant if missing, loads 30 days of 1 Hz data for one metric with the bench loader (binary
 COPY into partitions, rollups filled), writes one minute of 1,000 devices x 4 metrics through
-TelemetryWriter (today's partition), then measures:
+TelemetryWriter (into a day of its own), then measures:
 - bytes_per_point: pg_total_relation_size (heap + indexes + TOAST/FSM/VM) of the point
   partitions over their row count, after VACUUM ANALYZE (loaded days; the writer's day separately);
 - query_30d_ms: p50 of `selectors.query_series` over 30 days into at most 1,000 points;
@@ -76,13 +76,16 @@ def main() -> None:
         device_id = Device.objects.get(uid="bstore-00000").pk
         metric_id = Metric.objects.get(name="temperature").pk
 
-    # 2. Writer throughput: 1,000 devices x 4 metrics x 60 s into today's partition, 20,000 points a batch.
-    base = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=2)
+    # 2. Writer throughput: 1,000 devices x 4 metrics x 60 s, 20,000 points a batch, into a day of its
+    # own (2099-01-01) whose partitions are dropped and re-created first, so every run starts alike.
+    base = datetime(2099, 1, 1, 12, tzinfo=UTC)
     device_ids = [2_000_000 + index for index in range(args.devices)]
     with connection.cursor() as cursor:
-        cursor.execute(f'DELETE FROM "{schema}".telemetry_point WHERE device_id >= 2000000')
+        for table in ("telemetry_point_p20990101", "telemetry_rollup_1m_p20990101", "telemetry_rollup_1h_p209901"):
+            cursor.execute(f'DROP TABLE IF EXISTS "{schema}".{table}')
     writes, points_written = 0.0, 0
     with TelemetryWriter() as writer:
+        writer.ensure_partitions(schema, [base.date()])
         for second in range(0, 60, 5):
             batch = [
                 Point(device, metric, base + timedelta(seconds=second + offset), 20.0 + (device % 17) + offset * 0.1)
@@ -112,7 +115,7 @@ def main() -> None:
             return size, rows
 
         loaded_size, loaded_rows = size_per_row([first_day + timedelta(days=i) for i in range(args.days)])
-        writer_size, writer_rows = size_per_row([base.date(), (base + timedelta(minutes=2)).date()])
+        writer_size, writer_rows = size_per_row([base.date()])
 
     # 4. 30 days of 1 Hz into at most 1,000 points, through the selector (not HTTP).
     start = datetime(first_day.year, first_day.month, first_day.day, tzinfo=UTC) + timedelta(seconds=17)
