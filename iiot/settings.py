@@ -266,7 +266,11 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
     "SCHEMA_PATH_PREFIX": r"/api/v1",
-    "ENUM_NAME_OVERRIDES": {},
+    "ENUM_NAME_OVERRIDES": {
+        "DeviceStatusEnum": "devices.models.DeviceStatus",
+        "CredentialStatusEnum": "devices.models.CredentialStatus",
+        "CommandStatusEnum": "devices.models.CommandStatus",
+    },
 }
 
 SIMPLE_JWT = {
