@@ -33,7 +33,7 @@ import orjson
 from django.conf import settings
 
 from devices.models import metric_name_validator
-from telemetry.registry import DeviceEntry, MetricRule, Registry, RegistryUnavailable, TenantIndex
+from telemetry.registry import DeviceEntry, MetricRule, Registry, RegistryMiss, RegistryUnavailable, TenantIndex
 from telemetry.storage import Point
 
 __all__ = [
@@ -42,6 +42,7 @@ __all__ = [
     "Pipeline",
     "Reason",
     "Rejection",
+    "RegistryMiss",
     "RegistryUnavailable",
     "StreamingHook",
     "parse_timestamp",
@@ -212,12 +213,22 @@ class Pipeline:
         return kind, parts[1], parts[2]
 
     def process(self, topic: str, payload: bytes, received_at: datetime) -> Outcome:
+        """Blocking convenience for synchronous callers: database work done inline."""
+        while True:
+            try:
+                return self.try_process(topic, payload, received_at)
+            except RegistryMiss as miss:
+                miss.resolve()
+
+    def try_process(self, topic: str, payload: bytes, received_at: datetime) -> Outcome:
+        """Never touches the database: raises RegistryMiss when the index lacks something (run
+        its `resolve()` in a thread, then call again). Safe on the event loop."""
         kind, schema, uid = self.route(topic)
         if kind is None:
             return self._refuse(None, schema, uid, Reason.INVALID_TOPIC, topic)
         if len(payload) > self.max_message_bytes:
             return self._refuse(kind, schema, uid, Reason.MESSAGE_TOO_LARGE, f"{len(payload)} bytes")
-        index = self.registry.tenant(schema)  # may raise RegistryUnavailable: the caller retries
+        index = self.registry.tenant(schema)  # may raise RegistryMiss
         if not index.exists:
             return self._refuse(kind, schema, uid, Reason.UNKNOWN_TENANT, schema)
         if not index.active:
@@ -378,7 +389,8 @@ class Pipeline:
         for name in refused:
             collector.add(Reason.UNKNOWN_METRIC, f"{name} (catalogue full)", len(unknown[name]))
         if missing or known:
-            known.update(self.registry.register_metrics(index, profile, [*missing, *known]))
+            names = sorted({*missing, *known})
+            raise RegistryMiss(("metrics", index.schema, profile.profile_id, *names), lambda: self.registry.register_metrics(index, profile, names))
         for name, samples in unknown.items():
             if name in refused:
                 continue

@@ -78,6 +78,18 @@ class RegistryUnavailable(Exception):
     """The registry could not be read (database down): retry the message later, do not reject it."""
 
 
+class RegistryMiss(Exception):
+    """The in-memory index lacks something only the database can give (a tenant not loaded yet,
+    metrics to auto-register). `resolve()` does the (blocking) database work; then process the
+    message again. Raised so that the event loop never waits on PostgreSQL: the caller runs
+    `resolve` in a thread."""
+
+    def __init__(self, key: tuple, resolve) -> None:
+        super().__init__(key)
+        self.key = key
+        self.resolve = resolve
+
+
 def load_tenant_index(schema: str) -> TenantIndex:
     """Read one tenant's registry: five queries whatever its size."""
     from devices.models import Device, DeviceProfile, ProfileMetric
@@ -125,9 +137,10 @@ class Registry:
 
     # --- reading (hot path) --------------------------------------------------------------------
     def tenant(self, schema: str) -> TenantIndex:
+        """The tenant's index; raises RegistryMiss when it has not been loaded yet."""
         index = self._indexes.get(schema)
         if index is None:
-            index = self._load(schema)
+            raise RegistryMiss(("tenant", schema), lambda: self._load(schema))
         return index
 
     def _load(self, schema: str) -> TenantIndex:

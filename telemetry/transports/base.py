@@ -44,6 +44,7 @@ from django.core.exceptions import ValidationError
 from django.db import close_old_connections
 
 from telemetry.pipeline import Kind, Outcome, Pipeline, Reason, Rejection, StreamingHook
+from telemetry.registry import RegistryMiss
 from telemetry.rejections import RejectionRecorder
 from telemetry.storage import Point, TelemetryWriter
 
@@ -118,6 +119,7 @@ class IngestService:
         self._writer_pool = ThreadPoolExecutor(1, thread_name_prefix="ingest-writer")
         self._side_pool = ThreadPoolExecutor(4, thread_name_prefix="ingest-orm")
         self._side_jobs: set[asyncio.Future] = set()
+        self._misses: dict[tuple, asyncio.Future] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._due = asyncio.Event()
         self._flusher: asyncio.Task | None = None
@@ -154,8 +156,9 @@ class IngestService:
         """Run one message through the pipeline. Returns a future to await before acknowledging,
         or None when there is nothing to wait for (rejected, nothing to store).
 
-        Raises `RegistryUnavailable` when the registry cannot be read: retry the message later."""
-        outcome = self.pipeline.process(topic, payload, received_at)
+        Raises `RegistryMiss` when the registry index needs the database first: `await
+        resolve(miss)` and submit again."""
+        outcome = self.pipeline.try_process(topic, payload, received_at)
         self.stats.messages += 1
         if outcome.rejections:
             self.stats.rejected += sum(r.count for r in outcome.rejections)
@@ -168,6 +171,15 @@ class IngestService:
         if outcome.accepted:
             return self._apply(outcome, received_at)
         return None
+
+    async def resolve(self, miss: RegistryMiss) -> None:
+        """Do a registry miss's database work in a thread, once however many messages wait for it.
+        Raises RegistryUnavailable when the database cannot answer (back off and retry)."""
+        pending = self._misses.get(miss.key)
+        if pending is None:
+            pending = self._misses[miss.key] = asyncio.ensure_future(self._loop.run_in_executor(self._side_pool, miss.resolve))
+            pending.add_done_callback(lambda _f, key=miss.key: self._misses.pop(key, None))
+        await asyncio.shield(pending)
 
     def _add_points(self, outcome: Outcome, received_at: datetime) -> asyncio.Future:
         schema = outcome.schema

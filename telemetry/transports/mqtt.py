@@ -30,7 +30,7 @@ from django.conf import settings
 from gmqtt import Client, Subscription
 from gmqtt.mqtt.constants import MQTTv50
 
-from telemetry.pipeline import RegistryUnavailable
+from telemetry.pipeline import RegistryMiss, RegistryUnavailable
 from telemetry.transports.base import IngestService, backoff_delays
 
 logger = logging.getLogger(__name__)
@@ -43,8 +43,9 @@ class StaleAcknowledgement(Exception):
     """Raised instead of acknowledging a message whose connection is gone (see the exception handler)."""
 
 
-def default_client_id(instance: int = 0) -> str:
-    return f"ingest-{socket.gethostname()}-{instance}"
+def default_client_id(instance: int = 0, group: str = SHARE_GROUP) -> str:
+    prefix = "ingest" if group == SHARE_GROUP else f"ingest-{group}"
+    return f"{prefix}-{socket.gethostname()}-{instance}"
 
 
 def shared_filters(group: str = SHARE_GROUP) -> list[str]:
@@ -125,11 +126,14 @@ class MqttTransport:
                 try:
                     waiter = service.submit(topic, payload, received_at)
                     break
-                except RegistryUnavailable as exc:
-                    delays = delays or backoff_delays(first=0.5)
-                    delay = next(delays)
-                    logger.warning("registry unavailable; message held", extra={"topic": topic, "error": str(exc)[:200]})
-                    await asyncio.sleep(delay)
+                except RegistryMiss as miss:
+                    try:
+                        await service.resolve(miss)  # in a thread; then submit again
+                    except RegistryUnavailable as exc:
+                        delays = delays or backoff_delays(first=0.5)
+                        delay = next(delays)
+                        logger.warning("registry unavailable; message held", extra={"topic": topic, "error": str(exc)[:200]})
+                        await asyncio.sleep(delay)
                     if generation != self.generation:
                         raise StaleAcknowledgement() from None
             if waiter is not None and qos:
@@ -144,6 +148,13 @@ class MqttTransport:
             self.connected.set()
 
         def on_subscribe(_client, mid, qos, properties) -> None:
+            granted = list(qos) if isinstance(qos, list | tuple) else [qos]
+            refused = [topic for topic, code in zip(self.filters, granted, strict=False) if code >= 0x80]
+            if refused:
+                # The broker's ACL for the service account does not allow these filters.
+                logger.error("ingest subscription refused by the broker", extra={"client_id": self.client_id, "refused": refused, "codes": granted})
+                return
+            logger.info("ingest subscribed", extra={"client_id": self.client_id, "filters": self.filters})
             self.subscribed.set()
 
         def on_disconnect(_client, packet, exc=None) -> None:

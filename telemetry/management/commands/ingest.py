@@ -24,7 +24,7 @@ from django.core.management.base import BaseCommand
 logger = logging.getLogger("telemetry.ingest")
 
 
-def run_instance(instance: int, url: str | None, stats_interval: float) -> None:
+def run_instance(instance: int, url: str | None, stats_interval: float, group: str = "ingest") -> None:
     from telemetry.pipeline import Pipeline
     from telemetry.registry import Registry
     from telemetry.transports.base import IngestService
@@ -34,7 +34,7 @@ def run_instance(instance: int, url: str | None, stats_interval: float) -> None:
         registry = Registry()
         registry.start()
         service = IngestService(Pipeline(registry))
-        transport = MqttTransport(service, url=url, client_id=default_client_id(instance))
+        transport = MqttTransport(service, url=url, client_id=default_client_id(instance, group), group=group)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, transport.stop)
@@ -62,11 +62,11 @@ def run_instance(instance: int, url: str | None, stats_interval: float) -> None:
     asyncio.run(main())
 
 
-def _child(instance: int, url: str | None, stats_interval: float) -> None:
+def _child(instance: int, url: str | None, stats_interval: float, group: str) -> None:
     import django
 
     django.setup()
-    run_instance(instance, url, stats_interval)
+    run_instance(instance, url, stats_interval, group)
 
 
 class Command(BaseCommand):
@@ -77,16 +77,17 @@ class Command(BaseCommand):
         parser.add_argument("--instance", type=int, default=int(os.environ.get("INGEST_INSTANCE", "0")),
                             help="Number of the first instance (client id ingest-<host>-<n>); default $INGEST_INSTANCE or 0.")
         parser.add_argument("--url", default=None, help="Broker URL (default settings.MQTT_URL).")
+        parser.add_argument("--group", default="ingest", help="Shared subscription group (default ingest; another group gets its own copy of the stream).")
         parser.add_argument("--stats-interval", type=float, default=30.0, help="Seconds between stats log lines.")
 
     def handle(self, *args, **options) -> None:
         count, first = max(1, options["processes"]), options["instance"]
         if count == 1:
-            run_instance(first, options["url"], options["stats_interval"])
+            run_instance(first, options["url"], options["stats_interval"], options["group"])
             return
         context = multiprocessing.get_context("spawn")
         children = [
-            context.Process(target=_child, args=(first + n, options["url"], options["stats_interval"]), name=f"ingest-{first + n}")
+            context.Process(target=_child, args=(first + n, options["url"], options["stats_interval"], options["group"]), name=f"ingest-{first + n}")
             for n in range(count)
         ]
         for child in children:
