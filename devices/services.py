@@ -112,6 +112,12 @@ def _resolve_metrics(specs: Sequence[MetricSpec]) -> list[tuple[Metric, MetricSp
     return [(existing[spec["name"]], spec) for spec in specs]
 
 
+def _registry_changed() -> None:
+    from telemetry.registry import publish_registry_change
+
+    publish_registry_change(connection.schema_name)
+
+
 def _replace_profile_metrics(profile: DeviceProfile, specs: Sequence[MetricSpec]) -> None:
     resolved = _resolve_metrics(specs)
     rows = []
@@ -125,6 +131,7 @@ def _replace_profile_metrics(profile: DeviceProfile, specs: Sequence[MetricSpec]
     ProfileMetric.objects.bulk_create(
         rows, update_conflicts=True, unique_fields=["profile", "metric"], update_fields=["min_value", "max_value"]
     )
+    _registry_changed()  # bulk writes send no model signals: tell the ingest processes ourselves
 
 
 def _profile_snapshot(profile: DeviceProfile) -> dict[str, Any]:
@@ -273,6 +280,7 @@ def disable_devices(*, actor: User | None, client: ClientInfo | None, devices: I
         Device.objects.filter(pk=device.pk).update(enabled=False, updated_at=timezone.now())
         record_audit("device.update", actor=actor, client=client, target=device, changes={"enabled": [True, False]})
     if locked:
+        _registry_changed()
         tenant = current_tenant()
         _after_commit_broker("device.disable", broker.set_devices_enabled, [(tenant, d.uid) for d in locked], enabled=False)
     return len(locked)
