@@ -13,7 +13,7 @@ STAMP := $(VENV)/.installed
 PIP_FLAGS := --disable-pip-version-check --progress-bar off --quiet
 export VENV
 
-.PHONY: help run test lint migrate bootstrap broker-config check-services install
+.PHONY: help run test lint migrate bootstrap broker-config check-services install bench
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-15s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -64,3 +64,7 @@ test: $(STAMP) ## Run the whole test suite (PYTEST_ARGS="-k name" to narrow it)
 
 lint: $(STAMP) ## ruff check
 	$(BIN)/ruff check .
+
+# Its own database (iiot_bench, dropped before and after) and broker; BENCH_ARGS="--quick" for ~2 minutes.
+bench: $(STAMP) ## Ingest and storage benchmark (several minutes); last line is one JSON object
+	$(BIN)/python bench/run.py $(BENCH_ARGS)

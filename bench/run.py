@@ -1,0 +1,588 @@
+"""`make bench`: ingest and storage figures on this machine; the last line is one JSON object.
+
+    .venv/bin/python bench/run.py            # about 6-8 minutes
+    .venv/bin/python bench/run.py --quick    # about 2 minutes (shorter windows, 7 days of storage data)
+
+Everything runs on 127.0.0.1 in a database of its own (iiot_bench, dropped before and after):
+1. storage figures from scripts/bench_storage.py (bytes_per_point, query_30d_ms, latest_1000_ms,
+   writer_points_per_s);
+2. a broker configured as shipped (iiot.testing.mosquitto), tenant `bench` with N devices and their
+   credentials; bench/loadgen.py offers a fixed rate and
+   (a) a do-nothing `mosquitto_sub` (QoS 1) counts what it receives -> mosquitto_sub_msgs_per_s;
+   (b) `manage.py ingest` at QoS 1: points stored within the window -> ingest_points_per_s, then
+       points_lost = acknowledged messages x 4 - points finally stored; ingest_rss_mb (process tree);
+   (c) at 80 % of (b)'s rate, a probe device publishes every 100 ms; publish-to-latest-in-Redis
+       latency p50/p99;
+   (d) the same at QoS 0 -> ingest_qos0_points_per_s.
+A failed part prints its error and reports its keys as null.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+DB_NAME = "iiot_bench"
+TENANT = "bench"
+METRICS = ("temperature", "humidity", "pressure", "vibration")
+BENCH_ENV = {
+    "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{DB_NAME}",
+    "IIOT_ENV_FILE": "/nonexistent",
+    "SECRET_KEY": "bench",
+    "DEBUG": "0",
+    "IIOT_STATIC_MANIFEST": "0",
+    "REDIS_URL": "redis://127.0.0.1:6379/7",
+    "CELERY_BROKER_URL": "redis://127.0.0.1:6379/6",
+    "LOG_LEVEL": "WARNING",
+    "DJANGO_SETTINGS_MODULE": "iiot.settings",
+}
+KEYS = (
+    "ingest_points_per_s", "ingest_qos0_points_per_s", "ingest_msgs_per_s", "mosquitto_sub_msgs_per_s",
+    "ingest_vs_mosquitto_sub", "ingest_latency_p50_ms", "ingest_latency_p99_ms", "points_lost", "ingest_rss_mb",
+    "bytes_per_point", "query_30d_ms", "latest_1000_ms", "writer_points_per_s",
+)  # fmt: skip
+PYTHON = sys.executable
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+# --- Processes ------------------------------------------------------------------------------------
+
+STARTED: list[subprocess.Popen] = []
+
+
+def spawn(args: list[str], **kwargs) -> subprocess.Popen:
+    """A child in a process group of its own (killed with its children by stop())."""
+    process = subprocess.Popen(args, start_new_session=True, **kwargs)
+    STARTED.append(process)
+    return process
+
+
+def stop(process: subprocess.Popen, timeout: float = 10.0) -> None:
+    if process.poll() is None:
+        try:
+            os.killpg(process.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
+    try:  # whatever is left of the group (spawned workers)
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    try:
+        process.wait(5)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+def run_step(args: list[str], timeout: float) -> str:
+    process = spawn(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        stop(process)
+        raise RuntimeError(f"{' '.join(args[:3])} timed out after {timeout} s") from None
+    finally:
+        stop(process)
+    if process.returncode:
+        raise RuntimeError(f"{' '.join(args[:3])} exited with {process.returncode}: {err.decode(errors='replace')[-2000:]}")
+    return out.decode(errors="replace")
+
+
+def tree_rss_mb(pid: int) -> float:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                ppid = int(handle.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    total_kb, todo = 0, [pid]
+    while todo:
+        current = todo.pop()
+        todo.extend(children.get(current, []))
+        try:
+            with open(f"/proc/{current}/status") as handle:
+                for line in handle:
+                    if line.startswith("VmRSS:"):
+                        total_kb += int(line.split()[1])
+        except OSError:
+            pass
+    return round(total_kb / 1024, 1)
+
+
+# --- Database -------------------------------------------------------------------------------------
+
+
+def admin_execute(statement: str) -> None:
+    import psycopg
+
+    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True, connect_timeout=10) as conn:
+        conn.execute(statement)
+
+
+def count_points(schema: str) -> int:
+    import psycopg
+
+    with psycopg.connect(BENCH_ENV["DATABASE_URL"].replace("postgres://", "postgresql://"), autocommit=True) as conn:
+        return conn.execute(f'SELECT count(*) FROM "{schema}".telemetry_point').fetchone()[0]
+
+
+def truncate_points(schema: str) -> None:
+    import psycopg
+
+    with psycopg.connect(BENCH_ENV["DATABASE_URL"].replace("postgres://", "postgresql://"), autocommit=True) as conn:
+        conn.execute(f'TRUNCATE "{schema}".telemetry_point')
+
+
+# --- Load -----------------------------------------------------------------------------------------
+
+
+class LoadRun:
+    """bench.loadgen.run_load in a thread of its own; `stats` is its Stats once the load has begun."""
+
+    def __init__(self, devices, host: str, port: int, *, qos: int, duration_s: float, rate: float, wait_acks_s: float) -> None:
+        from bench import loadgen
+
+        self.stats = None
+        self.error: BaseException | None = None
+        holder = self
+
+        class _Stats(loadgen.Stats):
+            def __init__(self, *args, **kwargs) -> None:
+                super().__init__(*args, **kwargs)
+                holder.stats = self
+
+        def target() -> None:
+            saved = loadgen.Stats
+            loadgen.Stats = _Stats
+            try:
+                asyncio.run(loadgen.run_load(devices, host, port, qos=qos, duration_s=duration_s,
+                                             rate_msgs_per_s=rate, wait_acks_s=wait_acks_s))  # fmt: skip
+            except BaseException as exc:  # noqa: BLE001 - reported by the caller
+                self.error = exc
+            finally:
+                loadgen.Stats = saved
+
+        self.thread = threading.Thread(target=target, name="loadgen", daemon=True)
+        self.thread.start()
+
+    def window(self, timeout: float = 120.0) -> float:
+        """Wait until the publishing has started; returns its start (perf_counter time)."""
+        deadline = time.monotonic() + timeout
+        while self.stats is None or not self.stats.started:
+            if not self.thread.is_alive():
+                raise RuntimeError(f"load generator ended before publishing: {self.error!r}")
+            if time.monotonic() > deadline:
+                raise RuntimeError("load generator did not start")
+            time.sleep(0.01)
+        return self.stats.started
+
+    def join(self, timeout: float) -> None:
+        self.thread.join(timeout)
+        if self.thread.is_alive():
+            raise RuntimeError("load generator did not finish")
+        if self.error is not None:
+            raise RuntimeError(f"load generator failed: {self.error!r}")
+
+
+def sleep_until(moment: float) -> None:
+    while (left := moment - time.perf_counter()) > 0:
+        time.sleep(min(left, 0.05))
+
+
+# --- Benchmarks -----------------------------------------------------------------------------------
+
+
+def bench_storage(quick: bool) -> dict:
+    args = [PYTHON, "scripts/bench_storage.py"]
+    if quick:
+        args += ["--days", "7", "--runs", "5"]
+    out = run_step(args, timeout=240 if quick else 420)
+    figures = json.loads(out.strip().splitlines()[-1])
+    return {key: figures.get(key) for key in ("bytes_per_point", "query_30d_ms", "latest_1000_ms", "writer_points_per_s")}
+
+
+def provision(count: int):
+    from django_tenants.utils import schema_context
+
+    from bench.loadgen import Device as LoadDevice
+    from devices import services
+    from devices.models import Device
+    from telemetry.models import Metric
+    from tenants.services import ensure_public_tenant, provision_tenant
+
+    ensure_public_tenant("localhost")
+    provision_tenant(actor=None, client=None, slug=TENANT, name="Ingest bench", domain=f"{TENANT}.localhost",
+                     admin_email=f"admin@{TENANT}.example.com", admin_password="Bench-Password-2026!")  # fmt: skip
+    loads = []
+    with schema_context(TENANT):
+        profile = services.create_profile(actor=None, client=None, name="bench",
+                                          metrics=[{"name": name} for name in METRICS])  # fmt: skip
+        for number in range(count + 1):  # the last one is the latency probe
+            uid = f"bench-{number:05d}" if number < count else "bench-probe"
+            device = services.create_device(actor=None, client=None, uid=uid, name=uid, profile=profile)
+            issued = services.issue_credential(actor=None, client=None, device=device)
+            loads.append(LoadDevice(uid=uid, username=issued.username, password=issued.secret, topic=issued.topics.telemetry))
+        probe_id = Device.objects.get(uid="bench-probe").pk
+        metric_id = Metric.objects.get(name="temperature").pk
+    return loads[:-1], loads[-1], probe_id, metric_id
+
+
+def bench_mosquitto_sub(broker, devices, rate: float, duration: float) -> dict:
+    binary = shutil.which("mosquitto_sub")
+    if not binary:
+        raise RuntimeError("mosquitto_sub not found")
+    # One byte per message into a file: the count is the file's size, and counting costs this
+    # process (which runs the load generator) nothing.
+    out_path = Path(broker.directory) / "mosquitto_sub.out"
+    with open(out_path, "wb") as out:
+        process = spawn([binary, "-h", broker.host, "-p", str(broker.port), "-u", broker.service_username,
+                         "-P", broker.service_password, "-t", f"iiot/{TENANT}/+/telemetry", "-q", "1", "-F", ".", "-N"],
+                        stdout=out, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        time.sleep(1.0)  # subscribed
+        if process.poll() is not None:
+            raise RuntimeError(f"mosquitto_sub exited with {process.returncode}")
+        load = LoadRun(devices, broker.host, broker.port, qos=1, duration_s=duration, rate=rate, wait_acks_s=5)
+        start = load.window()
+        first = out_path.stat().st_size
+        sleep_until(start + duration)
+        last = out_path.stat().st_size
+        load.join(60)
+        return {"mosquitto_sub_msgs_per_s": round((last - first) / duration), "mosquitto_sub_offered": load.stats.sent}
+    finally:
+        stop(process)
+        out_path.unlink(missing_ok=True)
+
+
+def wait_for_ingest(broker, probe, probe_id: int, metric_id: int, timeout: float = 60.0) -> None:
+    """Publish probe messages until one reaches the latest values (the ingest is subscribed)."""
+    from telemetry.storage import read_latest
+
+    deadline = time.monotonic() + timeout
+    with Prober(broker, probe) as prober:
+        while time.monotonic() < deadline:
+            sent = prober.publish()
+            until = time.monotonic() + 1.0
+            while time.monotonic() < until:
+                got = read_latest(TENANT, [probe_id]).get(probe_id, {}).get(metric_id)
+                if got is not None and int(got[0].timestamp() * 1000) >= sent:
+                    return
+                time.sleep(0.05)
+    raise RuntimeError(f"the ingest stored nothing within {timeout} s")
+
+
+class Prober:
+    """One blocking MQTT connection for the probe device: QoS 1 publishes with ts = send time."""
+
+    def __init__(self, broker, device) -> None:
+        self.broker, self.device = broker, device
+        self.packet_id = 0
+        self.last_ts = 0
+
+    def __enter__(self) -> Prober:
+        from bench.loadgen import connect_packet
+
+        self.sock = socket.create_connection((self.broker.host, self.broker.port), timeout=10)
+        self.sock.sendall(connect_packet(f"bench-probe-{os.getpid()}", self.device.username, self.device.password))
+        connack = self.sock.recv(4)
+        if len(connack) < 4 or connack[0] != 0x20 or connack[3] != 0:
+            raise RuntimeError(f"probe CONNACK refused: {connack!r}")
+        self.sock.setblocking(False)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            self.sock.setblocking(True)
+            self.sock.sendall(b"\xe0\x00")
+        except OSError:
+            pass
+        self.sock.close()
+
+    def publish(self) -> int:
+        from bench.loadgen import _utf8, publish_packet
+
+        try:
+            while self.sock.recv(65536):  # drain PUBACKs
+                pass
+        except BlockingIOError:
+            pass
+        ts = max(int(time.time() * 1000), self.last_ts + 1)
+        self.last_ts = ts
+        self.packet_id = self.packet_id % 65535 + 1
+        payload = b'{"ts":%d,"values":{"temperature":21.5,"humidity":50,"pressure":1.0,"vibration":0.5}}' % ts
+        self.sock.setblocking(True)
+        self.sock.sendall(publish_packet(_utf8(self.device.topic), payload, 1, self.packet_id))
+        self.sock.setblocking(False)
+        return ts
+
+
+def bench_ingest(broker, devices, rate: float, duration: float, drain_s: float, qos: int) -> dict:
+    before = count_points(TENANT)
+    load = LoadRun(devices, broker.host, broker.port, qos=qos, duration_s=duration, rate=rate, wait_acks_s=drain_s)
+    start = load.window()
+    sleep_until(start + duration)
+    stored = count_points(TENANT) - before
+    return {"stored": stored, "load": load, "before": before}
+
+
+def bench_latency(broker, devices, probe, probe_id: int, metric_id: int, rate: float, duration: float) -> dict:
+    """The probe publishes every 100 ms (ts = send time); a poller thread reads the latest values
+    and stamps every pending message whose ts the stored latest ts has reached."""
+    from telemetry.storage import read_latest
+
+    load = LoadRun(devices, broker.host, broker.port, qos=1, duration_s=duration, rate=rate, wait_acks_s=30)
+    start = load.window()
+    pending: list[tuple[int, float]] = []
+    latencies: list[float] = []
+    lock = threading.Lock()
+    publishing = threading.Event()
+    publishing.set()
+    poll_error: list[BaseException] = []
+
+    def poller() -> None:
+        give_up = None
+        try:
+            while True:
+                with lock:
+                    waiting = bool(pending)
+                if not publishing.is_set() and not waiting:
+                    return
+                if not publishing.is_set():
+                    give_up = give_up or time.perf_counter() + 10.0
+                    if time.perf_counter() > give_up:
+                        return
+                got = read_latest(TENANT, [probe_id]).get(probe_id, {}).get(metric_id)
+                now = time.perf_counter()
+                if got is not None:
+                    seen = int(got[0].timestamp() * 1000)
+                    with lock:
+                        while pending and pending[0][0] <= seen:
+                            latencies.append((now - pending.pop(0)[1]) * 1000)
+                time.sleep(0.002)
+        except BaseException as exc:  # noqa: BLE001
+            poll_error.append(exc)
+
+    thread = threading.Thread(target=poller, daemon=True)
+    thread.start()
+    try:
+        with Prober(broker, probe) as prober:
+            tick = start
+            while tick < start + duration:
+                sleep_until(tick)
+                with lock:
+                    pending.append((prober.publish(), time.perf_counter()))
+                tick += 0.1
+            publishing.clear()
+            thread.join(15)
+    finally:
+        publishing.clear()
+    load.join(120)
+    if poll_error:
+        raise RuntimeError(f"latency poller failed: {poll_error[0]!r}")
+    if not latencies:
+        raise RuntimeError("no probe message reached the latest values")
+    latencies.sort()
+    p99 = latencies[min(len(latencies) - 1, int(round(0.99 * (len(latencies) - 1))))]
+    return {
+        "ingest_latency_p50_ms": round(statistics.median(latencies), 1),
+        "ingest_latency_p99_ms": round(p99, 1),
+        "latency_samples": len(latencies),
+        "latency_missed": len(pending),
+    }
+
+
+def wait_until_stable(schema: str, expected: int, bound_s: float) -> int:
+    deadline = time.monotonic() + bound_s
+    previous, stable_since = -1, time.monotonic()
+    while True:
+        current = count_points(schema)
+        if current >= expected:
+            return current
+        if current != previous:
+            previous, stable_since = current, time.monotonic()
+        elif time.monotonic() - stable_since > 5:
+            return current
+        if time.monotonic() > deadline:
+            return current
+        time.sleep(1)
+
+
+def ingest_part(args, results: dict, errors: dict) -> None:
+    import django
+
+    django.setup()
+    from iiot.testing.mosquitto import broker_settings, running_mosquitto
+
+    rate, n = args.rate, args.devices
+    sub_window = 10 if args.quick else 20
+    window = 15 if args.quick else 60
+    drain = 60 if args.quick else 180
+    with running_mosquitto() as broker, broker_settings(broker):
+        log(f"broker on {broker.port}; provisioning tenant {TENANT} with {n} devices")
+        began = time.monotonic()
+        with contextlib.redirect_stdout(io.StringIO()):  # the tenant's migrations
+            devices, probe, probe_id, metric_id = provision(n)
+        log(f"provisioned in {time.monotonic() - began:.1f} s")
+
+        try:
+            log(f"(a) mosquitto_sub baseline: {rate:.0f} msg/s offered for {sub_window} s")
+            results.update(bench_mosquitto_sub(broker, devices, rate, sub_window))
+        except Exception as exc:  # noqa: BLE001
+            errors["mosquitto_sub"] = repr(exc)
+            traceback.print_exc()
+
+        env = {**os.environ, "MQTT_URL": broker.url, "MQTT_DEVICE_URL": broker.url,
+               "MQTT_ADMIN_USERNAME": broker.admin_username, "MQTT_ADMIN_PASSWORD": broker.admin_password,
+               "MQTT_SERVICE_USERNAME": broker.service_username, "MQTT_SERVICE_PASSWORD": broker.service_password}  # fmt: skip
+        ingest_log = open(Path(broker.directory) / "ingest.log", "wb")  # noqa: SIM115
+        ingest = spawn([PYTHON, "manage.py", "ingest", "--processes", str(args.processes), "--stats-interval", "10"],
+                       cwd=ROOT, env=env, stdout=ingest_log, stderr=subprocess.STDOUT)  # fmt: skip
+        measured_rate = None
+        try:
+            wait_for_ingest(broker, probe, probe_id, metric_id)
+            log(f"ingest subscribed (pid {ingest.pid}, {args.processes} processes)")
+
+            try:
+                log(f"(b) ingest QoS 1: {rate:.0f} msg/s offered for {window} s")
+                run = bench_ingest(broker, devices, rate, window, drain, qos=1)
+                results["ingest_rss_mb"] = tree_rss_mb(ingest.pid)
+                results["ingest_points_per_s"] = round(run["stored"] / window)
+                results["ingest_msgs_per_s"] = round(run["stored"] / 4 / window)
+                measured_rate = run["stored"] / 4 / window
+                run["load"].join(drain + 60)
+                stats = run["load"].stats
+                final = wait_until_stable(TENANT, run["before"] + stats.acked * 4, drain) - run["before"]
+                results["points_lost"] = stats.acked * 4 - final
+                results["qos1_offered_msgs"] = stats.sent
+                results["qos1_acked_msgs"] = stats.acked
+                results["qos1_stored_points"] = final
+                if stats.connect_failures:
+                    results["qos1_connect_failures"] = stats.connect_failures
+            except Exception as exc:  # noqa: BLE001
+                errors["ingest_qos1"] = repr(exc)
+                traceback.print_exc()
+
+            try:
+                latency_rate = 0.8 * (measured_rate or rate / 2)
+                log(f"(c) latency at {latency_rate:.0f} msg/s for 10 s")
+                results.update(bench_latency(broker, devices, probe, probe_id, metric_id, latency_rate, 10))
+            except Exception as exc:  # noqa: BLE001
+                errors["latency"] = repr(exc)
+                traceback.print_exc()
+
+            try:
+                wait_until_stable(TENANT, 1 << 62, 60)
+                truncate_points(TENANT)
+                log(f"(d) ingest QoS 0: {rate:.0f} msg/s offered for {window} s")
+                run = bench_ingest(broker, devices, rate, window, drain, qos=0)
+                results["ingest_qos0_points_per_s"] = round(run["stored"] / window)
+                run["load"].join(120)
+                results["qos0_offered_msgs"] = run["load"].stats.sent
+            except Exception as exc:  # noqa: BLE001
+                errors["ingest_qos0"] = repr(exc)
+                traceback.print_exc()
+        finally:
+            stop(ingest, timeout=15)
+            ingest_log.close()
+            tail = (Path(broker.directory) / "ingest.log").read_text(errors="replace").strip().splitlines()[-15:]
+            if tail and (errors or ingest.returncode not in (0, -signal.SIGTERM)):
+                log(f"ingest exited with {ingest.returncode}; its log's tail:\n  " + "\n  ".join(tail))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="shorter windows (about 2 minutes)")
+    parser.add_argument("--devices", type=int, default=1000)
+    parser.add_argument("--rate", type=float, default=60000.0, help="offered messages/s (4 points each)")
+    parser.add_argument("--processes", type=int, default=2, help="ingest worker processes")
+    parser.add_argument("--skip-storage", action="store_true")
+    args = parser.parse_args()
+
+    os.environ.update(BENCH_ENV)
+    os.chdir(ROOT)
+    results: dict = {}
+    errors: dict = {}
+    began = time.monotonic()
+    try:
+        admin_execute(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
+        admin_execute(f"CREATE DATABASE {DB_NAME}")
+        log("migrating the shared schema")
+        run_step([PYTHON, "manage.py", "migrate_schemas", "--shared"], timeout=300)
+
+        if not args.skip_storage:
+            try:
+                log("storage figures (scripts/bench_storage.py)")
+                results.update(bench_storage(args.quick))
+            except Exception as exc:  # noqa: BLE001
+                errors["storage"] = repr(exc)
+                traceback.print_exc()
+
+        try:
+            ingest_part(args, results, errors)
+        except Exception as exc:  # noqa: BLE001
+            errors["ingest"] = repr(exc)
+            traceback.print_exc()
+    except Exception as exc:  # noqa: BLE001
+        errors["setup"] = repr(exc)
+        traceback.print_exc()
+    finally:
+        for process in STARTED:
+            stop(process, timeout=5)
+        try:
+            from django.db import connections
+
+            connections.close_all()
+        except Exception:  # noqa: BLE001, S110
+            pass
+        try:
+            admin_execute(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
+        except Exception as exc:  # noqa: BLE001
+            errors["cleanup"] = repr(exc)
+
+    msgs, sub = results.get("ingest_msgs_per_s"), results.get("mosquitto_sub_msgs_per_s")
+    results["ingest_vs_mosquitto_sub"] = round(msgs / sub, 3) if msgs is not None and sub else None
+    figures = {key: results.get(key) for key in KEYS}
+    figures.update({key: value for key, value in results.items() if key not in figures})
+    if errors:
+        figures["errors"] = errors
+    figures["bench_seconds"] = round(time.monotonic() - began)
+
+    print()
+    print(f"{'figure':32} value")
+    for key, value in figures.items():
+        if key != "errors":
+            print(f"{key:32} {value if value is not None else 'null (failed)'}")
+    for part, error in errors.items():
+        print(f"error in {part}: {error}")
+    print(json.dumps(figures), flush=True)
+
+
+if __name__ == "__main__":
+    main()
