@@ -359,6 +359,7 @@ LOGGING = {
         "django.request": {"level": "ERROR"},
         "django.server": {"level": "WARNING"},
         "uvicorn.access": {"level": "WARNING"},
+        "celery.worker.strategy": {"level": "WARNING"},  # "task received": one line per beat tick is noise
     },
 }
 if LOG_FILE:
