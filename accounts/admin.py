@@ -12,13 +12,8 @@ from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from accounts import services
 from accounts.models import AuditLog, Role, User
 from accounts.permissions import PERMISSIONS
+from iiot.admin_access import ReadOnlyAdminMixin, TenantHostOnlyAdminMixin
 from iiot.request_context import ClientInfo
-
-
-class TenantOnlyAdminMixin:
-    def has_module_permission(self, request) -> bool:
-        tenant = getattr(request, "tenant", None)
-        return tenant is not None and not tenant.is_public and super().has_module_permission(request)
 
 
 class RoleForm(forms.ModelForm):
@@ -30,7 +25,7 @@ class RoleForm(forms.ModelForm):
 
 
 @admin.register(Role)
-class RoleAdmin(TenantOnlyAdminMixin, admin.ModelAdmin):
+class RoleAdmin(TenantHostOnlyAdminMixin, admin.ModelAdmin):
     form = RoleForm
     list_display = ["name", "description", "is_system", "permission_count"]
     list_filter = ["is_system"]
@@ -98,19 +93,10 @@ class UserAdmin(DjangoUserAdmin):
 
 
 @admin.register(AuditLog)
-class AuditLogAdmin(admin.ModelAdmin):
+class AuditLogAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     """Read-only: the audit trail is append-only for everyone, superusers included."""
 
     list_display = ["created_at", "action", "outcome", "actor_email", "target_type", "target_repr", "ip"]
     list_filter = ["outcome", "action"]
     search_fields = ["actor_email", "target_repr", "action", "request_id"]
     date_hierarchy = "created_at"
-
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False

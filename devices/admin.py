@@ -8,32 +8,9 @@ from django.core.exceptions import ValidationError
 
 from devices import broker, selectors, services
 from devices.models import Device, DeviceCommand, DeviceCredential, DeviceProfile, ProfileMetric
+from iiot.admin_access import ReadOnlyAdminMixin, TenantHostOnlyAdminMixin
 from iiot.errors import ServiceConflict
 from iiot.request_context import ClientInfo
-
-
-class TenantOnlyAdminMixin:
-    """Devices live in tenant schemas: the public host's admin does not show them."""
-
-    @staticmethod
-    def _on_tenant_host(request) -> bool:
-        tenant = getattr(request, "tenant", None)
-        return tenant is not None and not tenant.is_public
-
-    def has_module_permission(self, request) -> bool:
-        return self._on_tenant_host(request) and super().has_module_permission(request)
-
-    def has_view_permission(self, request, obj=None) -> bool:
-        return self._on_tenant_host(request) and super().has_view_permission(request, obj)
-
-    def has_add_permission(self, request, *args) -> bool:
-        return self._on_tenant_host(request) and super().has_add_permission(request, *args)
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return self._on_tenant_host(request) and super().has_change_permission(request, obj)
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return self._on_tenant_host(request) and super().has_delete_permission(request, obj)
 
 
 class ProfileMetricInline(admin.TabularInline):
@@ -48,7 +25,7 @@ class ProfileMetricInline(admin.TabularInline):
 
 
 @admin.register(DeviceProfile)
-class DeviceProfileAdmin(TenantOnlyAdminMixin, admin.ModelAdmin):
+class DeviceProfileAdmin(TenantHostOnlyAdminMixin, admin.ModelAdmin):
     list_display = ["name", "offline_after_s", "auto_register_metrics", "device_count", "updated_at"]
     search_fields = ["name", "description"]
     list_filter = ["auto_register_metrics"]
@@ -78,7 +55,7 @@ class DeviceProfileAdmin(TenantOnlyAdminMixin, admin.ModelAdmin):
 
 
 @admin.register(Device)
-class DeviceAdmin(TenantOnlyAdminMixin, admin.ModelAdmin):
+class DeviceAdmin(TenantHostOnlyAdminMixin, admin.ModelAdmin):
     list_display = ["uid", "name", "profile", "status", "enabled", "last_seen_at", "credential_prefix", "location"]
     list_filter = ["status", "enabled", "profile"]
     search_fields = ["uid", "name", "location"]
@@ -138,34 +115,16 @@ class DeviceAdmin(TenantOnlyAdminMixin, admin.ModelAdmin):
 
 
 @admin.register(DeviceCredential)
-class DeviceCredentialAdmin(TenantOnlyAdminMixin, admin.ModelAdmin):
+class DeviceCredentialAdmin(ReadOnlyAdminMixin, TenantHostOnlyAdminMixin, admin.ModelAdmin):
     list_display = ["device", "secret_prefix", "status", "created_at", "revoked_at"]
     list_filter = ["status"]
     search_fields = ["device__uid", "secret_prefix"]
     list_select_related = ["device"]
 
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
-
 
 @admin.register(DeviceCommand)
-class DeviceCommandAdmin(TenantOnlyAdminMixin, admin.ModelAdmin):
+class DeviceCommandAdmin(ReadOnlyAdminMixin, TenantHostOnlyAdminMixin, admin.ModelAdmin):
     list_display = ["command_id", "device", "name", "status", "created_by_email", "created_at", "completed_at"]
     list_filter = ["status", "name"]
     search_fields = ["device__uid", "name", "command_id"]
     list_select_related = ["device"]
-
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False

@@ -7,30 +7,11 @@ from django.contrib import admin, messages
 from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError
 
+from iiot.admin_access import PublicHostOnlyAdminMixin
 from iiot.errors import ServiceConflict
 from iiot.request_context import ClientInfo
 from tenants import services
 from tenants.models import Domain, Tenant
-
-
-class PublicOnlyAdminMixin:
-    """Tenants are managed only from the public host, by platform staff."""
-
-    def has_module_permission(self, request) -> bool:
-        tenant = getattr(request, "tenant", None)
-        return tenant is not None and tenant.is_public and super().has_module_permission(request)
-
-    def has_view_permission(self, request, obj=None) -> bool:
-        tenant = getattr(request, "tenant", None)
-        return tenant is not None and tenant.is_public and super().has_view_permission(request, obj)
-
-    def has_add_permission(self, request) -> bool:
-        tenant = getattr(request, "tenant", None)
-        return tenant is not None and tenant.is_public and super().has_add_permission(request)
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        tenant = getattr(request, "tenant", None)
-        return tenant is not None and tenant.is_public and super().has_change_permission(request, obj)
 
 
 class TenantCreationForm(forms.ModelForm):
@@ -60,7 +41,7 @@ class DomainInline(admin.TabularInline):
 
 
 @admin.register(Tenant)
-class TenantAdmin(PublicOnlyAdminMixin, admin.ModelAdmin):
+class TenantAdmin(PublicHostOnlyAdminMixin, admin.ModelAdmin):
     list_display = ["slug", "name", "status", "primary_domain", "created_at", "suspended_at"]
     list_filter = ["status"]
     search_fields = ["slug", "name", "domains__domain"]
@@ -130,6 +111,6 @@ class TenantAdmin(PublicOnlyAdminMixin, admin.ModelAdmin):
 
 
 @admin.register(Domain)
-class DomainAdmin(PublicOnlyAdminMixin, admin.ModelAdmin):
+class DomainAdmin(PublicHostOnlyAdminMixin, admin.ModelAdmin):
     list_display = ["domain", "tenant", "is_primary"]
     search_fields = ["domain", "tenant__slug"]
