@@ -75,6 +75,9 @@ TENANT_APPS = [
     "accounts",
     "devices",
     "telemetry",
+    "rules",
+    "alerting",
+    "analytics",
 ]
 INSTALLED_APPS = list(SHARED_APPS) + [app for app in TENANT_APPS if app not in SHARED_APPS]
 
