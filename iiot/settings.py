@@ -190,6 +190,9 @@ INGEST_SESSION_EXPIRY_S = env.int("INGEST_SESSION_EXPIRY_S", default=7 * 24 * 36
 INGEST_RECEIVE_MAXIMUM = env.int("INGEST_RECEIVE_MAXIMUM", default=65535)
 # Points held in memory (not yet written) beyond which the process stops reading the socket.
 INGEST_MAX_PENDING_POINTS = env.int("INGEST_MAX_PENDING_POINTS", default=400_000)
+# Factories `() -> hook(schema, points) | None` the ingest service calls for each message's
+# validated points as they arrive (streaming rules, live updates); see telemetry/transports/base.py.
+INGEST_STREAMING_HOOKS: list[str] = []
 
 # --- Celery -----------------------------------------------------------------------------------
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="redis://127.0.0.1:6379/1")

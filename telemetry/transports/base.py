@@ -14,9 +14,12 @@ resolved, i.e. after the batch containing it committed. If the process dies firs
 redelivers and the store's unique key makes the second copy harmless.
 
 Flushing: a tenant's batch is written when it holds settings.INGEST_BATCH_MAX_POINTS points or its
-first point waited settings.INGEST_FLUSH_MS. Streaming-rule hooks see each validated batch just
-before it goes to the writer (`hooks`: callables `(schema, points)`; they must be fast and must
-not raise, a failing hook is logged and skipped). A failing write is retried with backoff and
+first point waited settings.INGEST_FLUSH_MS. Streaming hooks (rules, live updates) see each
+message's validated points as they arrive, before their batch commits, so alert latency does not
+wait for a flush (`hooks`: callables `(schema, points)`, built by the factories named in
+settings.INGEST_STREAMING_HOOKS; they run on the event loop, so they must be fast, never block on
+I/O, and must not raise: a failing hook is logged and skipped). A redelivered message reaches the
+hooks again; what they do with it must be idempotent (alert fingerprints dedupe). A failing write is retried with backoff and
 jitter, never acknowledged meanwhile; the same batch is written again on the new connection.
 After each commit, device last-seen times are moved (`devices.services.mark_devices_seen`, once
 per batch) and the rejection counters flushed to Redis (one pipelined round trip).
@@ -187,6 +190,11 @@ class IngestService:
         if batch is None:
             batch = self.batches[schema] = Batch(schema=schema, started=time.monotonic())
         points = outcome.points
+        for hook in self.hooks:
+            try:
+                hook(schema, points)
+            except Exception:
+                logger.exception("streaming hook failed", extra={"schema": schema, "hook": repr(hook)})
         batch.points.extend(points)
         batch.seen[outcome.device.device_id] = received_at
         count = len(points)
@@ -228,12 +236,6 @@ class IngestService:
                 self._run_side(self.recorder.write, *self.recorder.take(), retry=False)
 
     async def _write(self, batches: list[Batch]) -> None:
-        for batch in batches:
-            for hook in self.hooks:
-                try:
-                    hook(batch.schema, batch.points)
-                except Exception:
-                    logger.exception("streaming hook failed", extra={"schema": batch.schema, "hook": repr(hook)})
         loop = asyncio.get_running_loop()
         results = await loop.run_in_executor(self._writer_pool, self._write_blocking, batches)
         for batch, outcome in zip(batches, results, strict=True):

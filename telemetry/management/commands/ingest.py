@@ -24,6 +24,20 @@ from django.core.management.base import BaseCommand
 logger = logging.getLogger("telemetry.ingest")
 
 
+def load_streaming_hooks() -> list:
+    """settings.INGEST_STREAMING_HOOKS: dotted paths of factories `() -> hook | None`, called once
+    per ingest process (a factory may start its own background thread or task)."""
+    from django.conf import settings
+    from django.utils.module_loading import import_string
+
+    hooks = []
+    for path in settings.INGEST_STREAMING_HOOKS:
+        hook = import_string(path)()
+        if hook is not None:
+            hooks.append(hook)
+    return hooks
+
+
 def run_instance(instance: int, url: str | None, stats_interval: float, group: str = "ingest") -> None:
     from telemetry.pipeline import Pipeline
     from telemetry.registry import Registry
@@ -33,7 +47,7 @@ def run_instance(instance: int, url: str | None, stats_interval: float, group: s
     async def main() -> None:
         registry = Registry()
         registry.start()
-        service = IngestService(Pipeline(registry))
+        service = IngestService(Pipeline(registry), hooks=load_streaming_hooks())
         transport = MqttTransport(service, url=url, client_id=default_client_id(instance, group), group=group)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
