@@ -46,6 +46,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import close_old_connections
 
+from iiot.observability.ingest import IngestMetrics
 from telemetry.pipeline import Kind, Outcome, Pipeline, Reason, Rejection, StreamingHook
 from telemetry.registry import RegistryMiss
 from telemetry.rejections import RejectionRecorder
@@ -82,6 +83,7 @@ class Batch:
     points: list[Point] = field(default_factory=list)
     seen: dict[int, datetime] = field(default_factory=dict)  # device id -> last receive time
     waiter: asyncio.Future | None = None
+    write_seconds: float = 0.0  # time its write took, retries included (metrics, flush log)
 
 
 def backoff_delays(first: float = 0.2, cap: float = 10.0):
@@ -112,6 +114,7 @@ class IngestService:
         self.batch_max_points = batch_max_points or settings.INGEST_BATCH_MAX_POINTS
         self.max_pending_points = max_pending_points or settings.INGEST_MAX_PENDING_POINTS
         self.stats = Stats()
+        self.metrics = IngestMetrics()  # Prometheus (iiot.metrics) and the per-flush log line
         self.batches: dict[str, Batch] = {}
         self.pending_points = 0
         # The transport's flow control: called when memory holds too many unwritten points.
@@ -163,6 +166,7 @@ class IngestService:
         resolve(miss)` and submit again."""
         outcome = self.pipeline.try_process(topic, payload, received_at)
         self.stats.messages += 1
+        self.metrics.message(outcome)
         if outcome.rejections:
             self.stats.rejected += sum(r.count for r in outcome.rejections)
             self.recorder.record(topic, payload, outcome, at=received_at)
@@ -231,7 +235,9 @@ class IngestService:
                     del self.batches[batch.schema]
                 await self._write(due)
             elif stopping and not self.batches:
+                self.metrics.stopped(self)
                 return
+            self.metrics.publish(self)
             if self.recorder.counts or self.recorder.dead_letters:
                 self._run_side(self.recorder.write, *self.recorder.take(), retry=False)
 
@@ -241,6 +247,7 @@ class IngestService:
         for batch, outcome in zip(batches, results, strict=True):
             count = len(batch.points)
             self.pending_points -= count
+            self.metrics.batch_done(batch, outcome)
             if outcome is None:  # not written (stopping while the database is away): no acknowledgement
                 continue
             if outcome == STORE_FAILED:
@@ -261,6 +268,7 @@ class IngestService:
         """In the writer thread: each tenant's batch in its own transaction, retried until stored."""
         results: list[Any] = []
         for batch in batches:
+            began = time.perf_counter()
             delays = backoff_delays()
             permanent_failures = 0
             while True:
@@ -295,6 +303,7 @@ class IngestService:
                         extra={"schema": batch.schema, "points": len(batch.points), "error": str(exc)[:300], "retry_in_s": round(delay, 2)},
                     )
                     time.sleep(delay)
+            batch.write_seconds = time.perf_counter() - began
         return results
 
     def _close_writer(self) -> None:

@@ -49,6 +49,7 @@ def run_instance(instance: int, url: str | None, stats_interval: float, group: s
         registry.start()
         service = IngestService(Pipeline(registry), hooks=load_streaming_hooks())
         transport = MqttTransport(service, url=url, client_id=default_client_id(instance, group), group=group)
+        service.metrics.watch(transport)  # iiot_ingest_broker_connected follows transport.connected
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, transport.stop)
