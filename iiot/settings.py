@@ -63,6 +63,8 @@ SHARED_APPS = [
     "drf_spectacular_sidecar",
     "django_celery_beat",
     "channels",
+    "django_prometheus",
+    "iiot.observability",
     "accounts",
 ]
 TENANT_APPS = [
@@ -90,6 +92,8 @@ IIOT_PUBLIC_DOMAIN = env.str("IIOT_PUBLIC_DOMAIN", default="localhost")
 DATABASE_ROUTERS = ("django_tenants.routers.TenantSyncRouter",)
 
 MIDDLEWARE = [
+    # django-prometheus: Before first and After last, so request metrics time the whole stack.
+    "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "iiot.middleware.RequestIdMiddleware",
     "tenants.middleware.TenantMiddleware",
     "iiot.middleware.AccessLogMiddleware",
@@ -104,6 +108,7 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "tenants.middleware.SuspendedTenantMiddleware",
     "iiot.api.ratelimit.RateLimitHeadersMiddleware",
+    "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
 
 TEMPLATES = [
@@ -214,6 +219,32 @@ CELERY_BEAT_SCHEDULE = {
     "telemetry-partitions-ahead": {"task": "telemetry.ensure_partitions_ahead", "schedule": 3600.0},
 }
 
+# --- Alerts and notifications (alerting/) ------------------------------------------------------
+# Outgoing email (alert notifications): SMTP from the environment.
+EMAIL_BACKEND = env.str("EMAIL_BACKEND", default="django.core.mail.backends.smtp.EmailBackend")
+EMAIL_HOST = env.str("EMAIL_HOST", default="localhost")
+EMAIL_PORT = env.int("EMAIL_PORT", default=25)
+EMAIL_HOST_USER = env.str("EMAIL_HOST_USER", default="")
+EMAIL_HOST_PASSWORD = env.str("EMAIL_HOST_PASSWORD", default="")
+EMAIL_USE_TLS = env.bool("EMAIL_USE_TLS", default=False)
+EMAIL_USE_SSL = env.bool("EMAIL_USE_SSL", default=False)
+EMAIL_TIMEOUT = env.float("EMAIL_TIMEOUT", default=10.0)
+DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="IIoT alerts <alerts@localhost>")
+# Links in notifications: <scheme>://<tenant's primary domain>/...
+ALERT_LINK_SCHEME = env.str("ALERT_LINK_SCHEME", default="https")
+# Repeats of an open alert bump its count; its timeline notes them at most this often.
+ALERT_REPEAT_EVENT_INTERVAL_S = env.int("ALERT_REPEAT_EVENT_INTERVAL_S", default=300)
+# Retries of a failed notification (after the first attempt), backoff base * 2**retry seconds.
+NOTIFICATION_MAX_RETRIES = env.int("NOTIFICATION_MAX_RETRIES", default=3)
+NOTIFICATION_RETRY_BACKOFF_S = env.float("NOTIFICATION_RETRY_BACKOFF_S", default=2.0)
+WEBHOOK_TIMEOUT_S = env.float("WEBHOOK_TIMEOUT_S", default=10.0)
+WEBHOOK_MAX_PAYLOAD_BYTES = env.int("WEBHOOK_MAX_PAYLOAD_BYTES", default=1_048_576)
+# At most one request per this many ms per webhook URL (and tenant); a send waits up to WEBHOOK_RATE_WAIT_S.
+WEBHOOK_MIN_INTERVAL_MS = env.int("WEBHOOK_MIN_INTERVAL_MS", default=1000)
+WEBHOOK_RATE_WAIT_S = env.float("WEBHOOK_RATE_WAIT_S", default=5.0)
+# Lets webhooks reach loopback addresses (local test receivers). Never in production.
+WEBHOOK_ALLOW_LOOPBACK = env.bool("WEBHOOK_ALLOW_LOOPBACK", default=False)
+
 # --- Auth -------------------------------------------------------------------------------------
 AUTH_USER_MODEL = "accounts.User"
 PASSWORD_HASHERS = [
@@ -306,6 +337,13 @@ RATE_LIMITS = {
     "telemetry": env.str("RATE_LIMIT_TELEMETRY", default="200/m"),
     "default": env.str("RATE_LIMIT_DEFAULT", default="600/m"),
 }
+
+# --- Metrics (GET /metrics; iiot/observability/) --------------------------------------------------
+# Refused to everyone unless at least one is set; when both are, a scrape needs both.
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")  # Authorization: Bearer <token>
+METRICS_ALLOWED_NETWORKS = env.list("METRICS_ALLOWED_NETWORKS", default=[])  # CIDRs, e.g. 10.0.0.0/8,127.0.0.1/32
+# Seconds the per-tenant telemetry storage figures (partitions, bytes) are reused between scrapes.
+METRICS_STORAGE_CACHE_SECONDS = env.float("METRICS_STORAGE_CACHE_SECONDS", default=30.0)
 
 # --- Readiness --------------------------------------------------------------------------------
 READINESS_TIMEOUT_SECONDS = env.float("READINESS_TIMEOUT_SECONDS", default=2.0)

@@ -6,6 +6,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, Spec
 
 from accounts import views as account_views
 from iiot import health, views
+from iiot.observability import views as observability_views
 
 api_v1 = [
     path("", include("accounts.api.urls")),
@@ -22,6 +23,7 @@ api_v1 = [
 urlpatterns = [
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
+    path("metrics", observability_views.metrics, name="metrics"),
     path("api/v1/", include(api_v1)),
     path("admin/", admin.site.urls),
     path("login/", account_views.PlatformLoginView.as_view(), name="login"),
