@@ -1,0 +1,516 @@
+"""Every write to alerts, their timelines, notification channels and deliveries.
+
+The rules engine calls `raise_alert` / `clear_alert` (system actor, tenant schema already active);
+the API and the admin call `acknowledge_alert`, `resolve_alert`, `add_note` and the channel
+services with a user as `actor`. Each runs in one transaction, locks the alert it changes,
+appends the timeline event in that transaction and schedules its side effects (notifications,
+live push) with `transaction.on_commit`, so nothing leaves the process for a change that rolled back.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypedDict
+
+from asgiref.sync import async_to_sync
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, connection, transaction
+from django.utils import timezone
+
+from accounts.models import User
+from accounts.services import diff, record_audit
+from alerting.choices import SEVERITY_RANK, Severity
+from alerting.models import (
+    DELIVERY_FINAL,
+    OPEN_STATES,
+    Alert,
+    AlertEvent,
+    AlertEventKind,
+    AlertState,
+    ChannelKind,
+    DeliveryStatus,
+    NotificationChannel,
+    NotificationDelivery,
+    alert_can_move,
+    alert_fingerprint,
+)
+from iiot.errors import ServiceConflict
+from iiot.request_context import ClientInfo
+
+logger = logging.getLogger(__name__)
+
+MESSAGE_MAX = 1000
+
+
+def alerts_group(schema: str) -> str:
+    """Channel-layer group every alert event of a tenant is pushed to (dashboards listen)."""
+    return f"{schema}.alerts"
+
+
+# --- Payloads -----------------------------------------------------------------------------------
+
+
+class AlertSummary(TypedDict):
+    id: int
+    state: str
+    severity: str
+    rule_id: int | None
+    rule_name: str
+    device_id: int | None
+    device_uid: str
+    message: str
+    value: float | None
+    count: int
+    first_seen_at: str
+    last_seen_at: str
+    acknowledged_at: str | None
+    resolved_at: str | None
+    auto_resolved: bool
+    details: dict[str, Any]
+    url: str
+    device_url: str
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _base_url() -> str:
+    from tenants.models import Domain
+
+    domain = Domain.objects.filter(tenant__schema_name=connection.schema_name, is_primary=True).values_list("domain", flat=True).first()
+    return f"{settings.ALERT_LINK_SCHEME}://{domain}" if domain else ""
+
+
+def alert_summary(alert: Alert, *, base_url: str | None = None) -> AlertSummary:
+    base_url = _base_url() if base_url is None else base_url
+    return {
+        "id": alert.pk,
+        "state": alert.state,
+        "severity": alert.severity,
+        "rule_id": alert.rule_id,
+        "rule_name": alert.rule_name,
+        "device_id": alert.device_id,
+        "device_uid": alert.device_uid,
+        "message": alert.message,
+        "value": alert.value,
+        "count": alert.count,
+        "first_seen_at": alert.first_seen_at.isoformat(),
+        "last_seen_at": alert.last_seen_at.isoformat(),
+        "acknowledged_at": _iso(alert.acknowledged_at),
+        "resolved_at": _iso(alert.resolved_at),
+        "auto_resolved": alert.auto_resolved,
+        "details": alert.details,
+        "url": f"{base_url}/api/v1/alerts/{alert.pk}" if base_url else "",
+        "device_url": f"{base_url}/api/v1/devices/{alert.device_id}" if base_url and alert.device_id else "",
+    }
+
+
+# --- Timeline and live push ---------------------------------------------------------------------
+
+
+def _push_live(schema: str, message: dict[str, Any]) -> None:
+    from channels.layers import get_channel_layer
+
+    try:
+        layer = get_channel_layer()
+        if layer is not None:
+            async_to_sync(layer.group_send)(alerts_group(schema), message)
+    except Exception:  # a dashboard update is best effort: never fail the change that caused it
+        logger.warning("live alert push failed", extra={"schema": schema}, exc_info=True)
+
+
+def _record_event(
+    alert: Alert, kind: str, *, actor: User | None = None, text: str = "", data: dict[str, Any] | None = None, at: datetime | None = None
+) -> AlertEvent:
+    actor_is_user = actor is not None and getattr(actor, "pk", None) is not None
+    event = AlertEvent.objects.create(
+        alert=alert,
+        kind=kind,
+        at=at or timezone.now(),
+        actor=actor if actor_is_user else None,
+        actor_email=actor.email if actor_is_user else "",
+        text=text,
+        data=data or {},
+    )
+    schema = connection.schema_name
+    message = {
+        "type": "alert.event",
+        "event": {
+            "id": event.pk,
+            "kind": kind,
+            "at": event.at.isoformat(),
+            "actor": event.actor_email or None,
+            "text": text,
+            "data": event.data,
+            "alert": alert_summary(alert, base_url=""),
+        },
+    }
+    transaction.on_commit(lambda: _push_live(schema, message))
+    return event
+
+
+# --- Notifications ------------------------------------------------------------------------------
+
+
+def _severity_reaches(severity: str, minimum: str) -> bool:
+    return not minimum or SEVERITY_RANK[severity] <= SEVERITY_RANK[minimum]
+
+
+def _enqueue_deliveries(deliveries: list[NotificationDelivery]) -> None:
+    if not deliveries:
+        return
+    pks = [delivery.pk for delivery in deliveries]
+
+    def enqueue() -> None:
+        from alerting.tasks import deliver_notification
+
+        for pk in pks:
+            deliver_notification.delay(pk)
+
+    transaction.on_commit(enqueue)
+
+
+def _notify(alert: Alert, event_kind: str, channel_ids: Sequence[int]) -> list[NotificationDelivery]:
+    """One pending delivery per enabled channel whose severity floor the alert reaches."""
+    if not channel_ids:
+        return []
+    channels = NotificationChannel.objects.enabled().filter(pk__in=list(channel_ids)).order_by("pk")
+    summary = alert_summary(alert)
+    payload = {"event": f"alert.{event_kind}", "tenant": connection.schema_name, "alert": summary}
+    deliveries = NotificationDelivery.objects.bulk_create(
+        [
+            NotificationDelivery(channel=channel, alert=alert, event_kind=event_kind, payload=payload)
+            for channel in channels
+            if _severity_reaches(alert.severity, channel.min_severity)
+        ]
+    )
+    _enqueue_deliveries(deliveries)
+    return deliveries
+
+
+# --- Raising and clearing (the rules engine) ----------------------------------------------------
+
+
+def _validate_firing(severity: str, observed_at: datetime) -> None:
+    if severity not in Severity.values:
+        raise ValidationError({"severity": [f"Unknown severity {severity!r}."]})
+    if timezone.is_naive(observed_at):
+        raise ValidationError({"observed_at": ["Must be timezone-aware."]})
+
+
+def raise_alert(
+    *,
+    rule_id: int | None,
+    rule_name: str,
+    device_id: int | None,
+    severity: str,
+    message: str,
+    value: float | None,
+    observed_at: datetime,
+    details: dict | None = None,
+    channel_ids: Sequence[int] = (),
+    actor=None,
+) -> tuple[Alert, bool]:
+    """Open a new alert for fingerprint (rule_id, device_id) or bump the open one (count,
+    last_seen, value); returns (alert, created). Notifications to channel_ids (and the live push)
+    go out after commit, only when the alert is new or its severity went up."""
+    _validate_firing(severity, observed_at)
+    fingerprint = alert_fingerprint(rule_id, device_id)
+    message = (message or "")[:MESSAGE_MAX]
+    with transaction.atomic():
+        alert = Alert.objects.select_for_update().filter(fingerprint=fingerprint, state__in=OPEN_STATES).first()
+        created = False
+        if alert is None:
+            from devices.models import Device
+
+            device_uid = Device.objects.filter(pk=device_id).values_list("uid", flat=True).first() if device_id is not None else None
+            try:
+                with transaction.atomic():  # savepoint: a racing opener wins, we fold into its alert
+                    alert = Alert.objects.create(
+                        fingerprint=fingerprint,
+                        rule_id=rule_id,
+                        rule_name=(rule_name or "")[:200],
+                        device_id=device_id if device_uid is not None else None,
+                        device_uid=device_uid or "",
+                        severity=severity,
+                        message=message,
+                        value=value,
+                        details=details or {},
+                        first_seen_at=observed_at,
+                        last_seen_at=observed_at,
+                    )
+                created = True
+            except IntegrityError:
+                alert = Alert.objects.select_for_update().get(fingerprint=fingerprint, state__in=OPEN_STATES)
+        if created:
+            _record_event(alert, AlertEventKind.TRIGGERED, actor=actor, text=message, data={"value": value, "severity": severity})
+            _notify(alert, "triggered", channel_ids)
+            return alert, True
+
+        escalated_from = alert.severity if SEVERITY_RANK[severity] < SEVERITY_RANK[alert.severity] else None
+        alert.count += 1
+        alert.value = value
+        alert.message = message or alert.message
+        if details is not None:
+            alert.details = details
+        alert.first_seen_at = min(alert.first_seen_at, observed_at)
+        alert.last_seen_at = max(alert.last_seen_at, observed_at)
+        fields = ["count", "value", "message", "details", "first_seen_at", "last_seen_at", "updated_at"]
+        if escalated_from:
+            alert.severity = severity
+            fields.append("severity")
+        interval = settings.ALERT_REPEAT_EVENT_INTERVAL_S
+        log_repeat = not escalated_from and (
+            alert.repeat_logged_at is None or (timezone.now() - alert.repeat_logged_at).total_seconds() >= interval
+        )
+        if log_repeat:
+            alert.repeat_logged_at = timezone.now()
+            fields.append("repeat_logged_at")
+        alert.save(update_fields=fields)
+        if escalated_from:
+            _record_event(
+                alert, AlertEventKind.ESCALATED, actor=actor, text=message, data={"from": escalated_from, "to": severity, "value": value}
+            )
+            _notify(alert, "escalated", channel_ids)
+        elif log_repeat:
+            _record_event(alert, AlertEventKind.REPEATED, actor=actor, data={"count": alert.count, "value": value})
+        return alert, False
+
+
+def clear_alert(*, rule_id: int | None, device_id: int | None, observed_at: datetime, value: float | None = None, actor=None) -> Alert | None:
+    """Auto-resolve the open alert of that fingerprint (recorded as auto-resolved in its
+    timeline); None when none is open."""
+    with transaction.atomic():
+        alert = Alert.objects.select_for_update().filter(fingerprint=alert_fingerprint(rule_id, device_id), state__in=OPEN_STATES).first()
+        if alert is None:
+            return None
+        previous = alert.state
+        alert.state = AlertState.RESOLVED
+        alert.resolved_at = max(observed_at, alert.first_seen_at)
+        alert.auto_resolved = True
+        alert.save(update_fields=["state", "resolved_at", "auto_resolved", "updated_at"])
+        _record_event(alert, AlertEventKind.AUTO_RESOLVED, actor=actor, data={"value": value, "from": previous}, at=alert.resolved_at)
+        return alert
+
+
+# --- Human transitions --------------------------------------------------------------------------
+
+
+def _lock(alert_id: int) -> Alert:
+    return Alert.objects.select_for_update().get(pk=alert_id)
+
+
+def _refuse(alert: Alert, target: str) -> ServiceConflict:
+    how = " (auto-resolved)" if alert.auto_resolved else ""
+    return ServiceConflict(
+        f"Alert #{alert.pk} is {alert.state}{how}; it cannot be {target} now.",
+        "alert_state_conflict",
+        state=alert.state,
+    )
+
+
+@transaction.atomic
+def acknowledge_alert(*, actor: User | None, client: ClientInfo | None, alert_id: int, note: str = "") -> tuple[Alert, bool]:
+    """Acknowledge an open alert; (alert, changed). Already acknowledged: no change. Resolved: 409."""
+    alert = _lock(alert_id)
+    if alert.state == AlertState.ACKNOWLEDGED:
+        return alert, False
+    if not alert_can_move(alert.state, AlertState.ACKNOWLEDGED):
+        raise _refuse(alert, "acknowledged")
+    previous = alert.state
+    alert.state = AlertState.ACKNOWLEDGED
+    alert.acknowledged_at = timezone.now()
+    alert.acknowledged_by = actor if getattr(actor, "pk", None) else None
+    alert.save(update_fields=["state", "acknowledged_at", "acknowledged_by", "updated_at"])
+    _record_event(alert, AlertEventKind.ACKNOWLEDGED, actor=actor, text=note, at=alert.acknowledged_at)
+    record_audit("alert.acknowledge", actor=actor, client=client, target=alert, changes=diff({"state": previous}, {"state": alert.state}))
+    return alert, True
+
+
+@transaction.atomic
+def resolve_alert(*, actor: User | None, client: ClientInfo | None, alert_id: int, note: str = "") -> tuple[Alert, bool]:
+    """Resolve an open alert by hand; (alert, changed). Already resolved: no change."""
+    alert = _lock(alert_id)
+    if alert.state == AlertState.RESOLVED:
+        return alert, False
+    if not alert_can_move(alert.state, AlertState.RESOLVED):
+        raise _refuse(alert, "resolved")
+    previous = alert.state
+    alert.state = AlertState.RESOLVED
+    alert.resolved_at = timezone.now()
+    alert.resolved_by = actor if getattr(actor, "pk", None) else None
+    alert.save(update_fields=["state", "resolved_at", "resolved_by", "updated_at"])
+    _record_event(alert, AlertEventKind.RESOLVED, actor=actor, text=note, at=alert.resolved_at)
+    record_audit("alert.resolve", actor=actor, client=client, target=alert, changes=diff({"state": previous}, {"state": alert.state}))
+    return alert, True
+
+
+@transaction.atomic
+def add_note(*, actor: User | None, client: ClientInfo | None, alert_id: int, text: str) -> AlertEvent:
+    """A note on the alert's timeline (any state: post-mortem notes on resolved alerts too)."""
+    text = (text or "").strip()
+    if not text:
+        raise ValidationError({"text": ["A note cannot be empty."]})
+    alert = _lock(alert_id)
+    event = _record_event(alert, AlertEventKind.NOTE, actor=actor, text=text)
+    record_audit("alert.note", actor=actor, client=client, target=alert, metadata={"event_id": event.pk})
+    return event
+
+
+# --- Channels -----------------------------------------------------------------------------------
+
+CHANNEL_FIELDS = ("name", "kind", "enabled", "config", "min_severity")
+
+
+def _channel_snapshot(channel: NotificationChannel) -> dict[str, Any]:
+    return {field: getattr(channel, field) for field in CHANNEL_FIELDS}
+
+
+def _new_secret() -> str:
+    return f"whsec_{secrets.token_urlsafe(32)}"
+
+
+@transaction.atomic
+def create_channel(*, actor: User | None, client: ClientInfo | None, **fields: Any) -> tuple[NotificationChannel, str | None]:
+    """(channel, secret): a webhook channel gets a signing secret, returned here and never again."""
+    channel = NotificationChannel(**{key: value for key, value in fields.items() if key in CHANNEL_FIELDS})
+    channel.full_clean()
+    secret = _new_secret() if channel.kind == ChannelKind.WEBHOOK else None
+    channel.secret = secret or ""
+    channel.save()
+    record_audit("notification_channel.create", actor=actor, client=client, target=channel, changes=diff({}, _channel_snapshot(channel)))
+    return channel, secret
+
+
+@transaction.atomic
+def update_channel(*, actor: User | None, client: ClientInfo | None, channel: NotificationChannel, **fields: Any) -> NotificationChannel:
+    channel = NotificationChannel.objects.select_for_update().get(pk=channel.pk)
+    before = _channel_snapshot(channel)
+    if "kind" in fields and fields["kind"] != channel.kind:
+        raise ValidationError({"kind": ["A channel's kind cannot change; create a new channel."]})
+    for key, value in fields.items():
+        if key in CHANNEL_FIELDS:
+            setattr(channel, key, value)
+    channel.full_clean()
+    channel.save()
+    record_audit("notification_channel.update", actor=actor, client=client, target=channel, changes=diff(before, _channel_snapshot(channel)))
+    return channel
+
+
+@transaction.atomic
+def rotate_channel_secret(*, actor: User | None, client: ClientInfo | None, channel: NotificationChannel) -> str:
+    channel = NotificationChannel.objects.select_for_update().get(pk=channel.pk)
+    if channel.kind != ChannelKind.WEBHOOK:
+        raise ServiceConflict("Only webhook channels have a signing secret.", "no_secret")
+    channel.secret = _new_secret()
+    channel.save(update_fields=["secret", "updated_at"])
+    record_audit("notification_channel.rotate_secret", actor=actor, client=client, target=channel)
+    return channel.secret
+
+
+@transaction.atomic
+def delete_channel(*, actor: User | None, client: ClientInfo | None, channel: NotificationChannel) -> None:
+    channel = NotificationChannel.objects.select_for_update().get(pk=channel.pk)
+    record_audit("notification_channel.delete", actor=actor, client=client, target=channel, changes=diff(_channel_snapshot(channel), {}))
+    channel.delete()
+
+
+@transaction.atomic
+def send_test_notification(*, actor: User | None, client: ClientInfo | None, channel: NotificationChannel) -> NotificationDelivery:
+    """A test message through the channel (enabled or not), delivered by the same task as alerts."""
+    payload = {
+        "event": "test",
+        "tenant": connection.schema_name,
+        "message": f"Test notification from channel {channel.name}.",
+        "requested_by": getattr(actor, "email", ""),
+        "at": timezone.now().isoformat(),
+    }
+    delivery = NotificationDelivery.objects.create(channel=channel, event_kind="test", payload=payload)
+    record_audit("notification_channel.test", actor=actor, client=client, target=channel, metadata={"delivery_id": delivery.pk})
+    _enqueue_deliveries([delivery])
+    return delivery
+
+
+# --- Delivering (the Celery task) ---------------------------------------------------------------
+
+
+class RetryDelivery(Exception):
+    """The attempt failed in a way that may pass later; the task retries with backoff."""
+
+
+@dataclass(frozen=True)
+class AttemptOutcome:
+    delivery_id: int
+    status: str
+    attempts: int
+    error: str = ""
+
+
+def attempt_delivery(*, delivery_pk: int, last_attempt: bool) -> AttemptOutcome | None:
+    """One attempt at a delivery. None when it is gone or already final (stale task: nothing to do).
+    Raises RetryDelivery when the attempt failed, may pass later, and retries are left."""
+    from alerting.notifiers import DeliveryFailed, Envelope, get_notifier
+
+    with transaction.atomic():
+        delivery = NotificationDelivery.objects.select_for_update().select_related("channel").filter(pk=delivery_pk).first()
+        if delivery is None or delivery.status in DELIVERY_FINAL:
+            return None
+        channel = delivery.channel
+        delivery.attempts += 1
+        delivery.last_attempt_at = timezone.now()
+        if not channel.enabled and delivery.event_kind != "test":
+            return _finish(delivery, DeliveryStatus.FAILED, error="The channel is disabled.")
+        delivery.save(update_fields=["attempts", "last_attempt_at"])
+    # The network call runs outside any transaction: no row stays locked while we wait.
+    envelope = Envelope(delivery_id=delivery.pk, event=delivery.payload.get("event", delivery.event_kind), payload=delivery.payload)
+    try:
+        result = get_notifier(channel.kind).send(channel, envelope)
+    except DeliveryFailed as failure:
+        retry = failure.retryable and not last_attempt
+        with transaction.atomic():
+            outcome = _finish(
+                delivery,
+                DeliveryStatus.RETRYING if retry else DeliveryStatus.FAILED,
+                error=failure.message,
+                response_code=failure.response_code,
+                response_excerpt=failure.response_excerpt,
+            )
+        if retry:
+            raise RetryDelivery(failure.message) from failure
+        return outcome
+    with transaction.atomic():
+        return _finish(delivery, DeliveryStatus.SUCCEEDED, response_code=result.response_code, response_excerpt=result.response_excerpt)
+
+
+def _finish(
+    delivery: NotificationDelivery, status: str, *, error: str = "", response_code: int | None = None, response_excerpt: str = ""
+) -> AttemptOutcome:
+    delivery.status = status
+    delivery.error = error[:1000]
+    delivery.response_code = response_code
+    delivery.response_excerpt = (response_excerpt or "")[:2000]
+    delivery.finished_at = timezone.now() if status in DELIVERY_FINAL else None
+    delivery.save(update_fields=["status", "attempts", "last_attempt_at", "error", "response_code", "response_excerpt", "finished_at"])
+    if delivery.alert_id is not None and status in DELIVERY_FINAL:
+        alert = Alert.objects.filter(pk=delivery.alert_id).first()
+        if alert is not None:
+            kind = AlertEventKind.NOTIFICATION_SENT if status == DeliveryStatus.SUCCEEDED else AlertEventKind.NOTIFICATION_FAILED
+            _record_event(
+                alert,
+                kind,
+                text=error[:500],
+                data={
+                    "delivery_id": delivery.pk,
+                    "channel_id": delivery.channel_id,
+                    "channel": delivery.channel.name,
+                    "attempts": delivery.attempts,
+                    "response_code": response_code,
+                },
+            )
+    return AttemptOutcome(delivery_id=delivery.pk, status=status, attempts=delivery.attempts, error=delivery.error)
