@@ -32,7 +32,7 @@ import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
 import redis
@@ -53,8 +53,10 @@ PARTITION_LOCK_TIMEOUT = "5s"
 LATEST_KEYS_PER_CALL = 2000
 
 
-@dataclass(frozen=True, slots=True)
-class Point:
+class Point(NamedTuple):
+    """One stored point. A named tuple, not a dataclass: the ingest builds hundreds of thousands a
+    second and a tuple is five times cheaper to create than a frozen dataclass."""
+
     device_id: int
     metric_id: int
     ts: datetime  # aware, UTC
@@ -443,8 +445,8 @@ class TelemetryWriter:
                 with cursor.copy(_COPY_STAGING) as copy:
                     copy.set_types(("int4", "int4", "timestamptz", "float8"))
                     write_row = copy.write_row
-                    for point in points:
-                        write_row((point.device_id, point.metric_id, point.ts, point.value))
+                    for point in points:  # a Point is the row itself: (device_id, metric_id, ts, value)
+                        write_row(point)
                 # Optimistic: a plain insert, undone to the savepoint if the batch holds a duplicate.
                 cursor.execute("SAVEPOINT telemetry_batch")
                 try:

@@ -1,9 +1,11 @@
-"""MQTT transport: Mosquitto -> `IngestService`, with gmqtt (MQTT 5).
+"""MQTT transport: Mosquitto -> `IngestService`, over a lean MQTT 5 client of our own (asyncio Protocol).
 
-Why gmqtt: on this machine a do-nothing gmqtt subscriber receives 60k msg/s at QoS 1 against 41k
-for paho 2.x (DESIGN.md), and with `optimistic_acknowledgement=False` it sends a message's PUBACK
-only when the async `on_message` coroutine returns (gmqtt/mqtt/handler.py,
-`_handle_qos_1_publish_packet`), which is what acknowledging after commit needs.
+Why not a client library: at tens of thousands of QoS 1 messages a second the per-message work a
+general client does (gmqtt: a task, a future and a PUBACK write per message; paho: a thread hop and
+a callback) costs more CPU than validating and storing the message. This client decodes PUBLISH
+packets straight from the receive buffer, hands `(topic, payload)` to the service, and sends the
+PUBACKs of a whole batch in one write once the batch has committed (mqtt_wire.PUBACKS are
+pre-encoded). The wire format lives in mqtt_wire.py.
 
 - Subscriptions are MQTT 5 shared subscriptions, `$share/ingest/iiot/+/+/telemetry` etc., so N
   ingest processes split the stream (the broker gives each message to one of them).
@@ -12,9 +14,15 @@ only when the async `on_message` coroutine returns (gmqtt/mqtt/handler.py,
   for it, and what it received but had not acknowledged is delivered again.
 - A large receive maximum (settings.INGEST_RECEIVE_MAXIMUM, 65535) lets the broker keep enough
   QoS 1 messages in flight to fill a batch while the previous one commits.
-- Reconnection is ours (exponential backoff with full jitter), not gmqtt's fixed delay; each
-  connection is a new gmqtt client, and the acknowledgements of messages received on a
-  connection that has since dropped are never sent on another one (the broker redelivers them).
+- Acknowledgement after commit: a QoS 1 message is acknowledged when the future `submit()`
+  returned resolves (its batch committed, or its status/attributes were applied); a rejected
+  message is acknowledged at once (redelivering it would not make it valid). Acknowledgements of a
+  connection that has dropped are never sent on another one: the broker redelivers those messages
+  and the store's unique key makes the second copy harmless.
+- Reconnection with exponential backoff and full jitter; a keepalive PINGREQ every keepalive/2 s,
+  and a connection silent for 1.5 keepalive periods is dropped and reopened.
+- Flow control: when too many points wait to be written, the service pauses reading the socket
+  (TCP backpressure reaches the broker, which queues for the persistent session).
 """
 
 from __future__ import annotations
@@ -23,24 +31,25 @@ import asyncio
 import logging
 import socket
 import ssl
+import time
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
 from django.conf import settings
-from gmqtt import Client, Subscription
-from gmqtt.mqtt.constants import MQTTv50
 
 from telemetry.pipeline import RegistryMiss, RegistryUnavailable
+from telemetry.transports import mqtt_wire as wire
 from telemetry.transports.base import IngestService, backoff_delays
 
 logger = logging.getLogger(__name__)
 
 SHARE_GROUP = "ingest"
 TOPIC_FILTERS = ("iiot/+/+/telemetry", "iiot/+/+/attributes", "iiot/+/+/status", "iiot/+/+/commands/response")
+CONNECT_TIMEOUT_S = 10.0
 
-
-class StaleAcknowledgement(Exception):
-    """Raised instead of acknowledging a message whose connection is gone (see the exception handler)."""
+_now = datetime.now
+_PUBACKS = wire.PUBACKS
+_PUBLISH = wire.PUBLISH
 
 
 def default_client_id(instance: int = 0, group: str = SHARE_GROUP) -> str:
@@ -50,6 +59,170 @@ def default_client_id(instance: int = 0, group: str = SHARE_GROUP) -> str:
 
 def shared_filters(group: str = SHARE_GROUP) -> list[str]:
     return [f"$share/{group}/{topic}" for topic in TOPIC_FILTERS]
+
+
+class Connection(asyncio.Protocol):
+    """One connection to the broker: decodes packets, submits messages, acknowledges after commit."""
+
+    def __init__(self, service: IngestService) -> None:
+        loop = asyncio.get_running_loop()
+        self.service = service
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.connack: asyncio.Future = loop.create_future()
+        self.suback: asyncio.Future = loop.create_future()
+        self.lost: asyncio.Future = loop.create_future()
+        self.open = False
+        self.last_received = time.monotonic()
+        # waiter -> packet ids to acknowledge when it resolves
+        self.pending_acks: dict[asyncio.Future, list[int]] = {}
+        self.held: set[asyncio.Task] = set()  # messages waiting for a registry lookup
+        self.received = 0
+
+    # --- asyncio.Protocol ----------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.open = True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.open = False
+        self.pending_acks.clear()
+        for task in list(self.held):
+            task.cancel()
+        for future in (self.connack, self.suback):
+            if not future.done():
+                future.set_exception(ConnectionError("connection closed by the broker"))
+        if not self.lost.done():
+            self.lost.set_result(exc)
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self.buffer
+        buffer += data
+        self.last_received = time.monotonic()
+        size = len(buffer)
+        position = 0
+        received_at = None
+        immediate: list[int] = []
+        submit = self.service.submit
+        pending = self.pending_acks
+        decode_varint = wire.decode_varint
+        try:
+            while size - position >= 2:
+                first = buffer[position]
+                try:
+                    length, start = decode_varint(buffer, position + 1)
+                except IndexError:
+                    break  # the length itself is incomplete
+                end = start + length
+                if end > size:
+                    break
+                if first >> 4 == _PUBLISH:
+                    qos = (first >> 1) & 3
+                    topic_end = start + 2 + ((buffer[start] << 8) | buffer[start + 1])
+                    topic = buffer[start + 2 : topic_end].decode()
+                    packet_id = 0
+                    if qos:
+                        if qos > 1:
+                            raise wire.ProtocolError("QoS 2 PUBLISH on a QoS 1 subscription")
+                        packet_id = (buffer[topic_end] << 8) | buffer[topic_end + 1]
+                        topic_end += 2
+                    properties_length, payload_start = decode_varint(buffer, topic_end)
+                    payload = bytes(buffer[payload_start + properties_length : end])
+                    position = end
+                    self.received += 1
+                    if received_at is None:  # one receive time per chunk read from the socket
+                        received_at = _now(UTC)
+                    try:
+                        waiter = submit(topic, payload, received_at)
+                    except RegistryMiss as miss:
+                        self._hold(miss, topic, payload, packet_id, received_at)
+                        continue
+                    if packet_id:
+                        if waiter is None:
+                            immediate.append(packet_id)
+                        else:
+                            ids = pending.get(waiter)
+                            if ids is None:
+                                ids = pending[waiter] = []
+                                waiter.add_done_callback(self._acknowledge)
+                            ids.append(packet_id)
+                    continue
+                self._control(first, bytes(buffer[start:end]))
+                position = end
+        except (wire.ProtocolError, IndexError, UnicodeDecodeError) as exc:
+            logger.error("MQTT protocol error; dropping the connection", extra={"error": str(exc)[:200]})
+            self.transport.abort()
+            return
+        finally:
+            if position:
+                del buffer[:position]
+        if immediate and self.open:
+            self.transport.write(b"".join([_PUBACKS[packet_id] for packet_id in immediate]))
+
+    def _control(self, first: int, body: bytes) -> None:
+        kind = first >> 4
+        if kind == wire.CONNACK:
+            if not self.connack.done():
+                self.connack.set_result(wire.decode_connack(body))
+        elif kind == wire.SUBACK:
+            if not self.suback.done():
+                self.suback.set_result(wire.decode_suback(body))
+        elif kind == wire.PINGRESP:
+            pass
+        elif kind == wire.DISCONNECT:
+            reason = wire.decode_disconnect_reason(body)
+            logger.warning("broker sent DISCONNECT", extra={"reason_code": f"0x{reason:02x}"})
+            self.transport.close()
+        else:
+            raise wire.ProtocolError(f"unexpected packet type {kind}")
+
+    # --- acknowledgements ----------------------------------------------------------------------------
+    def _acknowledge(self, waiter: asyncio.Future) -> None:
+        ids = self.pending_acks.pop(waiter, None)
+        if not ids or not self.open or waiter.cancelled() or waiter.exception() is not None:
+            return  # not stored (or connection gone): the broker redelivers
+        self.transport.write(b"".join([_PUBACKS[packet_id] for packet_id in ids]))
+
+    def _hold(self, miss: RegistryMiss, topic: str, payload: bytes, packet_id: int, received_at: datetime) -> None:
+        task = asyncio.ensure_future(self._resolve_then_submit(miss, topic, payload, packet_id, received_at))
+        self.held.add(task)
+        task.add_done_callback(self.held.discard)
+
+    async def _resolve_then_submit(self, miss: RegistryMiss, topic: str, payload: bytes, packet_id: int, received_at: datetime) -> None:
+        """A message the registry index could not judge yet: look up in a thread, then submit again."""
+        delays = None
+        while self.open:
+            try:
+                await self.service.resolve(miss)
+            except RegistryUnavailable as exc:
+                delays = delays or backoff_delays(first=0.5)
+                delay = next(delays)
+                logger.warning("registry unavailable; message held", extra={"topic": topic, "error": str(exc)[:200], "retry_in_s": round(delay, 2)})
+                await asyncio.sleep(delay)
+                continue
+            try:
+                waiter = self.service.submit(topic, payload, received_at)
+            except RegistryMiss as again:
+                miss = again
+                continue
+            if waiter is not None:
+                await asyncio.shield(waiter)
+            if packet_id and self.open:
+                self.transport.write(_PUBACKS[packet_id])
+            return
+
+    # --- sending -------------------------------------------------------------------------------------
+    def send(self, packet: bytes) -> None:
+        if self.open:
+            self.transport.write(packet)
+
+    def pause_reading(self) -> None:
+        if self.open:
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.open and not self.transport.is_closing():
+            self.transport.resume_reading()
 
 
 class MqttTransport:
@@ -78,141 +251,113 @@ class MqttTransport:
         self.session_expiry_s = session_expiry_s if session_expiry_s is not None else settings.INGEST_SESSION_EXPIRY_S
         self.receive_maximum = receive_maximum or settings.INGEST_RECEIVE_MAXIMUM
         self.keepalive = keepalive
-        self.generation = 0
-        self.client: Client | None = None
+        self.connection: Connection | None = None
         self.connected = asyncio.Event()
         self.subscribed = asyncio.Event()
-        self._lost = asyncio.Event()
         self._stop = asyncio.Event()
         service.pause_reading = self._pause_reading
         service.resume_reading = self._resume_reading
 
-    # --- flow control ------------------------------------------------------------------------------
-    def _transport(self):
-        # gmqtt has no public flow control; its connection keeps the asyncio transport.
-        connection = getattr(self.client, "_connection", None)
-        return getattr(connection, "_transport", None)
-
     def _pause_reading(self) -> None:
-        transport = self._transport()
-        if transport is not None:
+        if self.connection is not None:
             logger.info("ingest: too many unwritten points, pausing the socket")
-            transport.pause_reading()
+            self.connection.pause_reading()
 
     def _resume_reading(self) -> None:
-        transport = self._transport()
-        if transport is not None and not transport.is_closing():
-            transport.resume_reading()
+        if self.connection is not None:
+            self.connection.resume_reading()
 
-    # --- client ------------------------------------------------------------------------------------
-    def _make_client(self) -> Client:
-        self.generation += 1
-        generation = self.generation
-        client = Client(
-            self.client_id,
-            clean_session=False,
-            optimistic_acknowledgement=False,
-            session_expiry_interval=self.session_expiry_s,
-            receive_maximum=self.receive_maximum,
+    async def _open(self) -> Connection:
+        """Connect, CONNECT/CONNACK, SUBSCRIBE/SUBACK. Raises on any failure (the caller backs off)."""
+        loop = asyncio.get_running_loop()
+        _transport, connection = await asyncio.wait_for(
+            loop.create_connection(
+                lambda: Connection(self.service),
+                self.host,
+                self.port,
+                ssl=ssl.create_default_context() if self.tls else None,
+            ),
+            CONNECT_TIMEOUT_S,
         )
-        if self.username:
-            client.set_auth_credentials(self.username, self.password or None)
-        service = self.service
-
-        async def on_message(_client, topic: str, payload: bytes, qos: int, properties) -> int:
-            received_at = datetime.now(UTC)
-            delays = None
-            while True:
-                try:
-                    waiter = service.submit(topic, payload, received_at)
-                    break
-                except RegistryMiss as miss:
-                    try:
-                        await service.resolve(miss)  # in a thread; then submit again
-                    except RegistryUnavailable as exc:
-                        delays = delays or backoff_delays(first=0.5)
-                        delay = next(delays)
-                        logger.warning("registry unavailable; message held", extra={"topic": topic, "error": str(exc)[:200]})
-                        await asyncio.sleep(delay)
-                    if generation != self.generation:
-                        raise StaleAcknowledgement() from None
-            if waiter is not None and qos:
-                await waiter
-                if generation != self.generation:
-                    raise StaleAcknowledgement()
-            return 0
-
-        def on_connect(_client, flags, rc, properties) -> None:
-            logger.info("ingest connected to MQTT", extra={"client_id": self.client_id, "session_present": bool(flags)})
-            _client.subscribe([Subscription(topic, qos=1) for topic in self.filters])
+        try:
+            connection.send(
+                wire.connect_packet(
+                    self.client_id,
+                    username=self.username or None,
+                    password=self.password or None,
+                    keepalive=self.keepalive,
+                    clean_start=False,
+                    session_expiry_s=self.session_expiry_s,
+                    receive_maximum=self.receive_maximum,
+                )
+            )
+            connack: wire.Connack = await asyncio.wait_for(asyncio.shield(connection.connack), CONNECT_TIMEOUT_S)
+            if connack.reason_code:
+                raise ConnectionRefusedError(f"CONNACK refused: {connack.reason}")
+            logger.info("ingest connected to MQTT", extra={"client_id": self.client_id, "session_present": connack.session_present})
+            self.connection = connection
             self.connected.set()
-
-        def on_subscribe(_client, mid, qos, properties) -> None:
-            granted = list(qos) if isinstance(qos, list | tuple) else [qos]
-            refused = [topic for topic, code in zip(self.filters, granted, strict=False) if code >= 0x80]
-            if refused:
-                # The broker's ACL for the service account does not allow these filters.
-                logger.error("ingest subscription refused by the broker", extra={"client_id": self.client_id, "refused": refused, "codes": granted})
-                return
+            connection.send(wire.subscribe_packet(1, self.filters, qos=1))
+            _packet_id, codes = await asyncio.wait_for(asyncio.shield(connection.suback), CONNECT_TIMEOUT_S)
+        except BaseException:
+            if connection.transport is not None:
+                connection.transport.abort()
+            raise
+        refused = [topic for topic, code in zip(self.filters, codes, strict=False) if code >= 0x80]
+        if refused:
+            # The broker's ACL for the service account does not allow these filters.
+            logger.error("ingest subscription refused by the broker", extra={"client_id": self.client_id, "refused": refused, "codes": codes})
+        else:
             logger.info("ingest subscribed", extra={"client_id": self.client_id, "filters": self.filters})
             self.subscribed.set()
+        return connection
 
-        def on_disconnect(_client, packet, exc=None) -> None:
-            # Our loop reconnects with backoff; stop gmqtt's own fixed-delay reconnect.
-            _client._is_active = False
-            if generation == self.generation:
-                self.connected.clear()
-                self.subscribed.clear()
-                self._lost.set()
-
-        client.on_message = on_message
-        client.on_connect = on_connect
-        client.on_subscribe = on_subscribe
-        client.on_disconnect = on_disconnect
-        return client
+    async def _keepalive(self, connection: Connection) -> None:
+        interval = max(1.0, self.keepalive / 2)
+        while connection.open:
+            await asyncio.sleep(interval)
+            if time.monotonic() - connection.last_received > 1.5 * self.keepalive:
+                logger.warning("MQTT broker silent beyond the keepalive; dropping the connection")
+                connection.transport.abort()
+                return
+            connection.send(wire.PINGREQ_PACKET)
 
     async def run(self) -> None:
         """Connect, receive, reconnect until `stop()`; then flush, acknowledge and disconnect."""
-        loop = asyncio.get_running_loop()
-        previous_handler = loop.get_exception_handler()
-        loop.set_exception_handler(_quiet_stale_acknowledgements(previous_handler))
         await self.service.start()
         delays = backoff_delays(first=0.5, cap=30.0)
         try:
             while not self._stop.is_set():
-                self._lost.clear()
-                self.client = self._make_client()
                 try:
-                    await self.client.connect(
-                        self.host, self.port, ssl=ssl.create_default_context() if self.tls else False, keepalive=self.keepalive, version=MQTTv50
-                    )
+                    connection = await self._open()
                 except Exception as exc:
-                    self.generation += 1  # whatever this client received is not ours to acknowledge
+                    self.connected.clear()
                     delay = next(delays)
                     logger.warning("MQTT connection failed; retrying", extra={"error": str(exc)[:200], "retry_in_s": round(delay, 2)})
                     await self._sleep(delay)
                     continue
                 delays = backoff_delays(first=0.5, cap=30.0)
+                pinger = asyncio.ensure_future(self._keepalive(connection))
                 stop_task = asyncio.ensure_future(self._stop.wait())
-                lost_task = asyncio.ensure_future(self._lost.wait())
-                await asyncio.wait({stop_task, lost_task}, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait({stop_task, connection.lost}, return_when=asyncio.FIRST_COMPLETED)
                 stop_task.cancel()
-                lost_task.cancel()
-                if self._lost.is_set() and not self._stop.is_set():
-                    self.generation += 1
+                pinger.cancel()
+                if connection.lost.done() and not self._stop.is_set():
+                    self.connected.clear()
+                    self.subscribed.clear()
                     delay = next(delays)
-                    logger.warning("MQTT connection lost; reconnecting", extra={"retry_in_s": round(delay, 2)})
+                    logger.warning("MQTT connection lost; reconnecting", extra={"retry_in_s": round(delay, 2), "error": str(connection.lost.result())[:200]})
                     await self._sleep(delay)
         finally:
             # Write what is pending; the waiters resolve and the PUBACKs go out on this connection.
             await self.service.stop()
             await asyncio.sleep(0.05)
-            if self.client is not None and self.connected.is_set():
-                try:
-                    await asyncio.wait_for(self.client.disconnect(session_expiry_interval=self.session_expiry_s), 5)
-                except Exception as exc:
-                    logger.warning("MQTT disconnect failed", extra={"error": str(exc)[:200]})
-            self.generation += 1
+            connection = self.connection
+            if connection is not None and connection.open:
+                connection.send(wire.DISCONNECT_PACKET)
+                connection.transport.close()
+            self.connected.clear()
+            self.subscribed.clear()
 
     async def _sleep(self, delay: float) -> None:
         try:
@@ -222,19 +367,3 @@ class MqttTransport:
 
     def stop(self) -> None:
         self._stop.set()
-
-
-def _quiet_stale_acknowledgements(previous):
-    """gmqtt calls `future.result()` in the callback that sends the PUBACK: a StaleAcknowledgement
-    (or a cancellation at exit) surfaces there. That is the intended outcome, not an error."""
-
-    def handler(loop, context):
-        exc = context.get("exception")
-        if isinstance(exc, StaleAcknowledgement | asyncio.CancelledError):
-            return
-        if previous is not None:
-            previous(loop, context)
-        else:
-            loop.default_exception_handler(context)
-
-    return handler
