@@ -16,7 +16,8 @@ RUN pip install -r requirements.txt
 COPY . .
 # Settings need a SECRET_KEY to load; this one exists only during the build step.
 RUN SECRET_KEY=collectstatic-build-only DEBUG=0 IIOT_STATIC_MANIFEST=1 python manage.py collectstatic --noinput \
-    && useradd --system --uid 10001 --home-dir /app iiot
+    && useradd --system --uid 10001 --home-dir /app iiot \
+    && install -d -o iiot /var/lib/iiot-metrics  # PROMETHEUS_MULTIPROC_DIR (a volume shared by the processes)
 
 USER iiot
 EXPOSE 8000

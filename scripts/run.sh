@@ -62,5 +62,11 @@ EOF
 
 # The processes read .env through the settings themselves, so honcho is given no env file: with
 # its default (.env) the file would override the process environment, the reverse of the settings.
+# Metrics: every process writes its values under one directory (prometheus_client multiprocess
+# mode) and web's /metrics sums them. Emptied here, before any process starts, never while they run.
+export PROMETHEUS_MULTIPROC_DIR="${PROMETHEUS_MULTIPROC_DIR:-$PWD/var/prometheus}"
+rm -rf "$PROMETHEUS_MULTIPROC_DIR"
+mkdir -p "$PROMETHEUS_MULTIPROC_DIR"
+
 export PATH="$PWD/$VENV/bin:$PATH"
 exec honcho start -f Procfile -e /dev/null

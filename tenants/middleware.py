@@ -13,7 +13,8 @@ from iiot.request_context import tenant_var
 
 # Paths a suspended tenant still answers: probes, static files and the login page that explains.
 ALWAYS_ALLOWED_PREFIXES = ("/healthz", "/readyz", "/static/")
-PROBE_PATHS = ("/healthz", "/readyz")
+# Also /metrics: Prometheus scrapes a process by its address, whatever the host (see iiot/observability).
+PROBE_PATHS = ("/healthz", "/readyz", "/metrics")
 
 
 class TenantMiddleware(TenantMainMiddleware):
