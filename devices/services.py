@@ -40,6 +40,7 @@ from devices.models import (
     ProfileMetric,
 )
 from iiot.errors import ServiceConflict
+from iiot.live.events import announce_device_status
 from iiot.request_context import ClientInfo
 from telemetry.models import Metric
 
@@ -471,7 +472,9 @@ def mark_devices_seen(*, schema: str, seen: dict[int, datetime]) -> list[int]:
             """,
             [ids, times, DeviceStatus.ONLINE, DeviceStatus.ONLINE],
         )
-        return sorted(pk for pk, previous in cursor.fetchall() if previous != DeviceStatus.ONLINE)
+        changed = sorted(pk for pk, previous in cursor.fetchall() if previous != DeviceStatus.ONLINE)
+        announce_device_status(schema=schema, changes=[(pk, None, DeviceStatus.ONLINE, seen[pk]) for pk in changed])
+        return changed
 
 
 def set_device_connection(*, schema: str, device_uid: str, online: bool, at: datetime) -> bool:
@@ -498,6 +501,8 @@ def set_device_connection(*, schema: str, device_uid: str, online: bool, at: dat
             fields += ["status", "status_changed_at"]
         if fields:
             Device.objects.filter(pk=device.pk).update(**{name: getattr(device, name) for name in fields})
+        if changed:
+            announce_device_status(schema=schema, changes=[(device.pk, device.uid, target, at)])
         return changed
 
 
@@ -515,7 +520,9 @@ def mark_stale_devices_offline(*, schema: str, now: datetime) -> list[int]:
             """,
             [DeviceStatus.OFFLINE, now, DeviceStatus.ONLINE, now],
         )
-        return sorted(row[0] for row in cursor.fetchall())
+        offline = sorted(row[0] for row in cursor.fetchall())
+        announce_device_status(schema=schema, changes=[(pk, None, DeviceStatus.OFFLINE, now) for pk in offline])
+        return offline
 
 
 # --- Commands -----------------------------------------------------------------------------------

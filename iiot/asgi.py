@@ -1,5 +1,6 @@
-"""ASGI entry point: HTTP through Django, WebSocket through Channels (routes come with the
-live-operations work; the protocol router and channel layer are wired here)."""
+"""ASGI entry point: HTTP through Django (django-tenants routes by host), WebSocket through
+Channels: `/ws/v1/live` (iiot/live/, protocol in docs/websocket.md) behind LiveAuthMiddleware,
+which resolves the tenant from the Host header and authenticates by session cookie or JWT."""
 
 from __future__ import annotations
 
@@ -12,11 +13,12 @@ from django.core.asgi import get_asgi_application  # noqa: E402
 
 django_asgi_app = get_asgi_application()
 
-websocket_urlpatterns: list = []
+from iiot.live.middleware import LiveAuthMiddleware  # noqa: E402
+from iiot.live.routing import websocket_urlpatterns  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        "websocket": URLRouter(websocket_urlpatterns),
+        "websocket": LiveAuthMiddleware(URLRouter(websocket_urlpatterns)),
     }
 )

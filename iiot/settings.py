@@ -197,7 +197,20 @@ INGEST_RECEIVE_MAXIMUM = env.int("INGEST_RECEIVE_MAXIMUM", default=65535)
 INGEST_MAX_PENDING_POINTS = env.int("INGEST_MAX_PENDING_POINTS", default=400_000)
 # Factories `() -> hook(schema, points) | None` the ingest service calls for each message's
 # validated points as they arrive (streaming rules, live updates); see telemetry/transports/base.py.
-INGEST_STREAMING_HOOKS: list[str] = []
+INGEST_STREAMING_HOOKS: list[str] = ["rules.streaming.build_hook", "iiot.live.streaming.live_updates_hook"]
+
+# --- Live updates (iiot/live/, docs/websocket.md) -----------------------------------------------
+# Redis for the telemetry pub/sub (default: the channel layer's); one PUBLISH per tenant per tick.
+LIVE_REDIS_URL = env.str("LIVE_REDIS_URL", default="") or CHANNEL_LAYERS["default"]["CONFIG"]["hosts"][0]
+LIVE_PUBLISH_MS = env.int("LIVE_PUBLISH_MS", default=100)
+# Telemetry frames per second per connection: default, and the most a client may ask for.
+LIVE_DEFAULT_RATE = env.float("LIVE_DEFAULT_RATE", default=5.0)
+LIVE_MAX_RATE = env.float("LIVE_MAX_RATE", default=10.0)
+# A frame that waits longer than this to be sent (client not reading) closes the connection (4008).
+LIVE_SEND_TIMEOUT_S = env.float("LIVE_SEND_TIMEOUT_S", default=10.0)
+LIVE_MAX_QUEUED_EVENTS = env.int("LIVE_MAX_QUEUED_EVENTS", default=500)
+LIVE_MAX_DEVICES_PER_CONNECTION = env.int("LIVE_MAX_DEVICES_PER_CONNECTION", default=5000)
+LIVE_HEARTBEAT_S = env.float("LIVE_HEARTBEAT_S", default=20.0)
 
 # --- Celery -----------------------------------------------------------------------------------
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="redis://127.0.0.1:6379/1")
@@ -218,6 +231,17 @@ TELEMETRY_PARTITIONS_AHEAD_DAYS = env.int("TELEMETRY_PARTITIONS_AHEAD_DAYS", def
 CELERY_BEAT_SCHEDULE = {
     "telemetry-partitions-ahead": {"task": "telemetry.ensure_partitions_ahead", "schedule": 3600.0},
 }
+
+# --- Rules (rules/streaming.py, rules/services.py) ---------------------------------------------
+# Windowed rules (no data, rate of change, statistical, z-score): Celery beat evaluates every tenant this often.
+RULES_WINDOW_INTERVAL_S = env.float("RULES_WINDOW_INTERVAL_S", default=5.0)
+# Streaming rules in the ingest service: safety-net reload of each tenant's index (changes are pushed through Redis).
+RULES_STREAMING_ENABLED = env.bool("RULES_STREAMING_ENABLED", default=True)
+RULES_INDEX_REFRESH_S = env.float("RULES_INDEX_REFRESH_S", default=30.0)
+# Threads per ingest process that carry out firing rules' actions (alerts, commands).
+RULES_ACTION_WORKERS = env.int("RULES_ACTION_WORKERS", default=2)
+# Backtests read at most this many stored points.
+RULES_BACKTEST_MAX_POINTS = env.int("RULES_BACKTEST_MAX_POINTS", default=500_000)
 
 # --- Alerts and notifications (alerting/) ------------------------------------------------------
 # Outgoing email (alert notifications): SMTP from the environment.
@@ -355,7 +379,12 @@ USE_I18N = True
 USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
-STATICFILES_DIRS = [BASE_DIR / "static"]
+# Front-end packages from npm (package.json; `npm ci` in `make run` and .ci/run), served as static files.
+STATICFILES_DIRS = [
+    BASE_DIR / "static",
+    ("vendor/htmx", BASE_DIR / "node_modules" / "htmx.org" / "dist"),
+    ("vendor/uplot", BASE_DIR / "node_modules" / "uplot" / "dist"),
+]
 # Hashed, compressed static files (needs `collectstatic`); off in development and tests.
 IIOT_STATIC_MANIFEST = env.bool("IIOT_STATIC_MANIFEST", default=not DEBUG)
 STORAGES = {

@@ -1,0 +1,165 @@
+"""Fan-out inside one web process: ONE Redis pub/sub subscription (pattern over every tenant's
+telemetry channel) whatever the number of WebSocket connections; each message is decoded once and
+handed to the local consumers subscribed to its devices, in memory.
+
+The hub belongs to the event loop it runs on (one per uvicorn process; one per test). It also keeps
+each tenant's metric catalogue (id -> name), loaded when a consumer subscribes and reloaded, at
+most every few seconds, when an unknown metric id shows up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import weakref
+from collections.abc import Iterable
+from typing import Protocol
+
+import orjson
+from channels.db import database_sync_to_async
+
+from iiot.live.streaming import live_channel_pattern, live_redis_url, schema_of_channel
+
+logger = logging.getLogger(__name__)
+
+CATALOGUE_RELOAD_S = 5.0
+
+
+class TelemetrySink(Protocol):
+    def offer_telemetry(self, device_key: str, values: dict[str, list]) -> None: ...
+
+
+def load_catalogue(schema: str) -> dict[str, str]:
+    from django_tenants.utils import schema_context
+
+    from telemetry.models import Metric
+
+    with schema_context(schema):
+        return {str(pk): name for pk, name in Metric.objects.values_list("id", "name")}
+
+
+class TelemetryHub:
+    def __init__(self, url: str | None = None) -> None:
+        self.url = url or live_redis_url()
+        # schema -> device id (str, as in the messages) -> consumers
+        self.subscribers: dict[str, dict[str, set[TelemetrySink]]] = {}
+        self.catalogues: dict[str, dict[str, str]] = {}
+        self._catalogue_loaded: dict[str, float] = {}
+        self._reloading: set[str] = set()
+        self.task: asyncio.Task | None = None
+        self.ready = asyncio.Event()
+        self.messages = 0
+        self.last_sent_ms = 0
+
+    # --- subscriptions ---------------------------------------------------------------------------
+    def add(self, schema: str, device_keys: Iterable[str], sink: TelemetrySink) -> None:
+        tenant = self.subscribers.setdefault(schema, {})
+        for key in device_keys:
+            tenant.setdefault(key, set()).add(sink)
+        self.ensure_started()
+
+    def discard(self, schema: str, device_keys: Iterable[str], sink: TelemetrySink) -> None:
+        tenant = self.subscribers.get(schema)
+        if not tenant:
+            return
+        for key in device_keys:
+            sinks = tenant.get(key)
+            if sinks is not None:
+                sinks.discard(sink)
+                if not sinks:
+                    del tenant[key]
+        if not tenant:
+            del self.subscribers[schema]
+
+    # --- metric names ----------------------------------------------------------------------------
+    async def ensure_catalogue(self, schema: str, force: bool = False) -> dict[str, str]:
+        if force or schema not in self.catalogues:
+            self.catalogues[schema] = await database_sync_to_async(load_catalogue)(schema)
+            self._catalogue_loaded[schema] = time.monotonic()
+        return self.catalogues[schema]
+
+    def metric_name(self, schema: str, metric_key: str) -> str | None:
+        name = self.catalogues.get(schema, {}).get(metric_key)
+        if name is None and schema not in self._reloading:
+            if time.monotonic() - self._catalogue_loaded.get(schema, 0.0) > CATALOGUE_RELOAD_S:
+                self._reloading.add(schema)
+                task = asyncio.get_running_loop().create_task(self.ensure_catalogue(schema, force=True))
+                task.add_done_callback(lambda _t: self._reloading.discard(schema))
+        return name
+
+    # --- the subscription ------------------------------------------------------------------------
+    def ensure_started(self) -> None:
+        if self.task is None or self.task.done():
+            self.task = asyncio.get_running_loop().create_task(self._listen(), name="live-hub")
+
+    async def _listen(self) -> None:
+        import redis.asyncio as aioredis
+
+        delay = 0.2
+        while True:
+            client = aioredis.Redis.from_url(self.url)
+            pubsub = client.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.psubscribe(live_channel_pattern())
+                self.ready.set()
+                delay = 0.2
+                while True:
+                    message = await pubsub.get_message(timeout=30.0)
+                    if message is not None and message["type"] == "pmessage":
+                        self.dispatch(message["channel"].decode(), message["data"])
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - reconnect with backoff
+                self.ready.clear()
+                logger.warning("live hub lost Redis; reconnecting", extra={"error": str(exc)[:300], "retry_in_s": delay})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+            finally:
+                try:
+                    await pubsub.aclose()
+                    await client.aclose()
+                except Exception:  # noqa: BLE001, S110
+                    pass
+
+    def dispatch(self, channel: str, data: bytes) -> None:
+        self.messages += 1
+        tenant = self.subscribers.get(schema_of_channel(channel))
+        if not tenant:
+            return
+        message = orjson.loads(data)
+        self.last_sent_ms = message.get("sent", 0)
+        devices: dict[str, dict[str, list]] = message["devices"]
+        if len(tenant) < len(devices):
+            for key, sinks in tenant.items():
+                values = devices.get(key)
+                if values is not None:
+                    for sink in sinks:
+                        sink.offer_telemetry(key, values)
+        else:
+            for key, values in devices.items():
+                sinks = tenant.get(key)
+                if sinks:
+                    for sink in sinks:
+                        sink.offer_telemetry(key, values)
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            try:
+                await self.task
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001, S110
+                pass
+            self.task = None
+
+
+_hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, TelemetryHub] = weakref.WeakKeyDictionary()
+
+
+def get_hub() -> TelemetryHub:
+    """The hub of the running event loop (created on first use)."""
+    loop = asyncio.get_running_loop()
+    hub = _hubs.get(loop)
+    if hub is None:
+        hub = _hubs[loop] = TelemetryHub()
+    return hub
