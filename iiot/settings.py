@@ -331,6 +331,11 @@ SPECTACULAR_SETTINGS = {
         "DeviceStatusEnum": "devices.models.DeviceStatus",
         "CredentialStatusEnum": "devices.models.CredentialStatus",
         "CommandStatusEnum": "devices.models.CommandStatus",
+        "SeverityEnum": "alerting.choices.Severity",
+        "AlertStateEnum": "alerting.models.AlertState",
+        "AlertEventKindEnum": "alerting.models.AlertEventKind",
+        "ChannelKindEnum": "alerting.models.ChannelKind",
+        "DeliveryStatusEnum": "alerting.models.DeliveryStatus",
     },
 }
 
