@@ -86,13 +86,16 @@ class RuleViewSet(viewsets.ModelViewSet):
             raise exceptions.ValidationError({exc.field: [exc.message]}) from exc
         return Response(BacktestResultSerializer(result.as_dict()).data)
 
-    @extend_schema(request=None, parameters=BACKTEST_PARAMETERS, responses={200: BacktestResultSerializer})
+    @extend_schema(operation_id="rules_backtest", request=None, parameters=BACKTEST_PARAMETERS, responses={200: BacktestResultSerializer})
     @action(detail=True, methods=["post"], url_path="backtest")
     def backtest(self, request, pk=None):
         """Evaluate the saved rule over stored history: when it would have fired and cleared."""
         return self._backtest(self.get_object(), request)
 
-    @extend_schema(request=BacktestRuleSerializer, parameters=BACKTEST_PARAMETERS, responses={200: BacktestResultSerializer})
+    @extend_schema(
+        operation_id="rules_backtest_unsaved", request=BacktestRuleSerializer, parameters=BACKTEST_PARAMETERS,
+        responses={200: BacktestResultSerializer},
+    )
     @action(detail=False, methods=["post"], url_path="backtest")
     def backtest_unsaved(self, request):
         """Evaluate an unsaved rule (the body of a create) over stored history."""
