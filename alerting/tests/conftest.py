@@ -62,13 +62,14 @@ def device(alpha):
 
 
 @pytest.fixture
-def eager_tasks(monkeypatch):
+def eager_tasks():
     """Celery tasks run inline (retries too, without their countdown)."""
     from iiot.celery import app
 
-    monkeypatch.setattr(app.conf, "task_always_eager", True)
-    monkeypatch.setattr(app.conf, "task_eager_propagates", True)
+    before = (app.conf.task_always_eager, app.conf.task_eager_propagates)
+    app.conf.task_always_eager, app.conf.task_eager_propagates = True, True
     yield
+    app.conf.task_always_eager, app.conf.task_eager_propagates = before
 
 
 def free_port() -> int:

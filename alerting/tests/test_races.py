@@ -4,6 +4,7 @@ transaction here, so the threads see the rows; the fixture removes them afterwar
 from __future__ import annotations
 
 import threading
+import uuid
 from datetime import UTC, datetime
 
 import pytest
@@ -13,7 +14,7 @@ from django_tenants.utils import schema_context
 from alerting import services
 from alerting.models import Alert, AlertEvent
 from alerting.tests.conftest import make_alert
-from devices.tests.conftest import make_device
+from devices.tests.conftest import make_device, make_profile
 from iiot.errors import ServiceConflict
 
 
@@ -26,7 +27,8 @@ def committed(platform, django_db_blocker):
     def alert(**kwargs) -> Alert:
         with django_db_blocker.unblock():
             if not devices:
-                devices.append(make_device("alpha"))
+                tag = uuid.uuid4().hex[:8]
+                devices.append(make_device("alpha", uid=f"race-{tag}", profile=make_profile("alpha", name=f"race-{tag}")))
             created = make_alert("alpha", device=devices[0], **kwargs)
         made.append(created)
         return created
@@ -36,6 +38,7 @@ def committed(platform, django_db_blocker):
         Alert.objects.filter(pk__in=[a.pk for a in made]).delete()  # (audit entries are append-only: they stay)
         for device in devices:
             device.delete()
+            device.profile.delete()
 
 
 def _race(django_db_blocker, *calls) -> list:
