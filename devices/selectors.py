@@ -60,3 +60,25 @@ def device_commands(device: Device) -> QuerySet[DeviceCommand]:
 
 def device_by_uid(device_uid: str) -> Device | None:
     return Device.objects.select_related("profile").filter(uid=device_uid).first()
+
+
+def fleet(*, search: str = "", profile_id: int | None = None, labels: list[str] | None = None, status: str = "") -> QuerySet[Device]:
+    """The fleet overview's devices: filtered, with the profile and its metrics (two queries a page)."""
+    from django.db.models import Q
+
+    queryset = Device.objects.select_related("profile").prefetch_related(
+        Prefetch("profile__metrics", queryset=ProfileMetric.objects.select_related("metric").order_by("metric__name"))
+    )
+    if search:
+        queryset = queryset.filter(Q(uid__icontains=search) | Q(name__icontains=search) | Q(location__icontains=search))
+    if profile_id is not None:
+        queryset = queryset.filter(profile_id=profile_id)
+    if labels:
+        queryset = filter_by_labels(queryset, labels)
+    if status:
+        queryset = queryset.filter(status=status)
+    return queryset.order_by("uid")
+
+
+def fleet_status_counts() -> dict[str, int]:
+    return dict(Device.objects.values_list("status").annotate(n=Count("id")).order_by())

@@ -28,6 +28,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("login/", account_views.PlatformLoginView.as_view(), name="login"),
     path("logout/", account_views.logout_view, name="logout"),
+    path("devices/", include("devices.urls")),
     path("", views.home, name="home"),
 ]
 

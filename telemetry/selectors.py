@@ -348,3 +348,30 @@ def export_csv(
 def latest_values(*, schema: str, device_ids: Sequence[int]) -> dict[int, dict[int, tuple[datetime, float]]]:
     """device_id -> metric_id -> (ts, value), from Redis (PostgreSQL for devices Redis does not know)."""
     return read_latest(schema, device_ids)
+
+
+# --- sparklines (fleet overview) ---------------------------------------------------------------------
+
+
+def sparklines(*, schema: str, pairs: dict[int, int], minutes: int = 60, now: datetime | None = None) -> dict[int, list[float | None]]:
+    """device_id -> per-minute averages of its metric `pairs[device_id]` over the last `minutes`
+    (None for empty minutes), from the 1-minute rollups: one query for a whole page of devices."""
+    if not pairs:
+        return {}
+    end = (now or datetime.now(UTC)).replace(second=0, microsecond=0) + timedelta(minutes=1)
+    start = end - timedelta(minutes=minutes)
+    device_ids = list(pairs)
+    statement = sql.SQL(
+        """SELECT r.device_id, r.bucket, r.sum / NULLIF(r.count, 0)
+             FROM {table} r JOIN unnest(%s::int[], %s::int[]) AS p(device_id, metric_id)
+               ON r.device_id = p.device_id AND r.metric_id = p.metric_id
+            WHERE r.bucket >= %s AND r.bucket < %s"""
+    ).format(table=sql.Identifier(schema, ROLLUP_1M_TABLE))
+    out: dict[int, list[float | None]] = {pk: [None] * minutes for pk in device_ids}
+    with connection.cursor() as cursor:
+        cursor.execute(_sql_text(statement), [device_ids, [pairs[pk] for pk in device_ids], start, end])
+        for device_id, bucket, value in cursor.fetchall():
+            index = int((bucket - start).total_seconds() // 60)
+            if 0 <= index < minutes:
+                out[device_id][index] = value
+    return out

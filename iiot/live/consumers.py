@@ -260,8 +260,9 @@ class LiveConsumer(AsyncWebsocketConsumer):
         self.wake.set()
 
     async def alert_event(self, event: dict) -> None:
-        payload = event.get("event") or {}
-        if self.alert_devices is not None and payload.get("device") not in self.alert_devices:
+        payload = event.get("event") or {}  # alerting.services: {"id", "kind", "at", ..., "alert": {... "device_id"}}
+        device_id = (payload.get("alert") or {}).get("device_id", payload.get("device_id"))
+        if self.alert_devices is not None and device_id not in self.alert_devices:
             return
         if len(self.events) >= self.max_events:
             self.events.clear()

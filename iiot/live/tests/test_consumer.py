@@ -295,8 +295,8 @@ async def test_status_and_alert_streams(alpha, live_plant, hub):
     await layer.group_send(devices_group("alpha"), {"type": "device.status", "device": devices[1].pk, "uid": devices[1].uid, "status": "offline", "at": None})
     got = await frame_of_type(comm, "status")
     assert got["devices"] == [{"device": devices[1].pk, "uid": devices[1].uid, "status": "offline", "at": None}]
-    await layer.group_send(alerts_group("alpha"), {"type": "alert.event", "event": {"id": 1, "device": devices[0].pk, "state": "triggered"}})
-    assert (await frame_of_type(comm, "alert"))["event"]["state"] == "triggered"
+    await layer.group_send(alerts_group("alpha"), {"type": "alert.event", "event": {"id": 1, "kind": "triggered", "alert": {"id": 5, "device_id": devices[0].pk, "state": "triggered"}}})
+    assert (await frame_of_type(comm, "alert"))["event"]["alert"]["state"] == "triggered"
     # another tenant's group never reaches this connection
     await layer.group_send(alerts_group("beta"), {"type": "alert.event", "event": {"id": 2}})
     assert await comm.receive_nothing(0.3)
