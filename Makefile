@@ -13,7 +13,7 @@ STAMP := $(VENV)/.installed
 PIP_FLAGS := --disable-pip-version-check --progress-bar off --quiet
 export VENV
 
-.PHONY: help run test lint migrate bootstrap broker-config check-services install bench
+.PHONY: help run test lint migrate bootstrap broker-config check-services install bench web-assets
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-15s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -53,7 +53,13 @@ bootstrap: migrate ## Public tenant, platform superuser, demo tenant on demo.loc
 broker-config: $(STAMP) .env ## Write the platform broker's config into var/mosquitto (port IIOT_MQTT_PORT, 1884)
 	$(BIN)/python manage.py mqtt_broker_config --dir var/mosquitto
 
-run: bootstrap broker-config ## Check services, migrate, bootstrap, then start the Procfile on 127.0.0.1:IIOT_HTTP_PORT (8000)
+# Front-end packages (htmx, uPlot) from package-lock.json into node_modules/, served as static files.
+node_modules/.package-lock.json: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+
+web-assets: node_modules/.package-lock.json ## Install the dashboards' front-end packages (npm ci)
+
+run: bootstrap broker-config web-assets ## Check services, migrate, bootstrap, then start the Procfile on 127.0.0.1:IIOT_HTTP_PORT (8000)
 	bash scripts/run.sh
 
 # The suite creates its own database (test_iiot) and pins its settings in pyproject.toml
