@@ -166,12 +166,13 @@ def _enqueue_deliveries(deliveries: list[NotificationDelivery]) -> None:
     if not deliveries:
         return
     pks = [delivery.pk for delivery in deliveries]
+    schema = connection.schema_name  # the schema the rows live in, whatever is active at commit
 
     def enqueue() -> None:
         from alerting.tasks import deliver_notification
 
         for pk in pks:
-            deliver_notification.delay(pk)
+            deliver_notification.apply_async(args=[pk], headers={"_schema_name": schema})
 
     transaction.on_commit(enqueue)
 
