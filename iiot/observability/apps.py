@@ -7,7 +7,8 @@ class ObservabilityConfig(AppConfig):
     verbose_name = "Observability"
 
     def ready(self) -> None:
-        from iiot.observability import celery_signals, multiprocess
+        from iiot.observability import celery_signals, model_signals, multiprocess
 
         celery_signals.connect()
+        model_signals.connect()
         multiprocess.import_app_metrics()

@@ -342,3 +342,42 @@ def test_metric_names_other_apps_record_through():
     assert get("iiot_notification_retries_total", {"channel": "webhook"}) >= 1
     assert get("iiot_cache_requests_total", {"cache": "analytics", "result": "hit"}) >= 1
     metrics.WEBSOCKET_CLIENTS.labels(tenant="alpha").dec()
+
+
+@pytest.mark.django_db
+def test_alerts_and_deliveries_counted_after_commit(alpha, django_capture_on_commit_callbacks):
+    """Alert and delivery metrics come from the alerting models' saves, once committed."""
+    from prometheus_client import REGISTRY
+
+    from alerting import services as alerting_services
+    from alerting.models import NotificationChannel, NotificationDelivery
+
+    get = REGISTRY.get_sample_value
+
+    def raised() -> float:
+        return get("iiot_alerts_raised_total", {"tenant": "alpha", "severity": "major"}) or 0
+
+    def delivered(outcome: str) -> float:
+        return get("iiot_notification_deliveries_total", {"tenant": "alpha", "channel": "webhook", "outcome": outcome}) or 0
+
+    before, sent_before, retried_before = raised(), delivered("sent"), delivered("retried")
+    with schema_context("alpha"):
+        with django_capture_on_commit_callbacks(execute=True):
+            alert, created = alerting_services.raise_alert(
+                rule_id=None, rule_name="m", device_id=None, severity="major", message="x", value=1.0, observed_at=datetime.now(UTC)
+            )
+        assert created and raised() == before + 1
+        with django_capture_on_commit_callbacks(execute=True):
+            alerting_services.raise_alert(
+                rule_id=None, rule_name="m", device_id=None, severity="major", message="x", value=2.0, observed_at=datetime.now(UTC)
+            )
+        assert raised() == before + 1  # a repeat folds into the open alert
+        channel = NotificationChannel.objects.create(name=f"hook-{uuid.uuid4().hex[:6]}", kind="webhook", config={"url": "https://example.com/h"})
+        delivery = NotificationDelivery.objects.create(channel=channel, alert=alert, event_kind="triggered")
+        delivery = NotificationDelivery.objects.select_related("channel").get(pk=delivery.pk)
+        with django_capture_on_commit_callbacks(execute=True):
+            delivery.status = "retrying"
+            delivery.save(update_fields=["status"])
+            delivery.status, delivery.finished_at = "succeeded", datetime.now(UTC)
+            delivery.save(update_fields=["status", "finished_at"])
+    assert delivered("retried") == retried_before + 1 and delivered("sent") == sent_before + 1
