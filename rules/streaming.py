@@ -257,6 +257,7 @@ class StreamingEvaluator:
     def start(self, *, preload: bool = True) -> StreamingEvaluator:
         import redis
 
+        self._preload = preload
         self._client = redis.Redis.from_url(self.redis_url, socket_timeout=5, socket_connect_timeout=2)
         targets = [(self._loader, "rules-index"), (self._listener, "rules-listen"), (self._writer, "rules-state")]
         targets += [(lambda q=q: self._worker(q), f"rules-actions-{n}") for n, q in enumerate(self._queues)]
@@ -264,10 +265,6 @@ class StreamingEvaluator:
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
-        if preload:
-            for schema in _active_tenants():
-                self._requested.add(schema)
-                self.invalidate(schema)
         atexit.register(self.stop)
         return self
 
@@ -306,6 +303,11 @@ class StreamingEvaluator:
 
     # --- threads ---------------------------------------------------------------------------------
     def _loader(self) -> None:
+        if getattr(self, "_preload", False):  # here, not in start(): the hook may be built on the event loop
+            for schema in _active_tenants():
+                self._requested.add(schema)
+                with self._lock:
+                    self._stale.add(schema)
         last_full = time.monotonic()
         while not self._stop.is_set():
             self._wake.wait(timeout=min(1.0, self.refresh_s))
@@ -331,6 +333,7 @@ class StreamingEvaluator:
                         self._stale.add(schema)
                     continue
                 self._tenants[schema] = index
+                logger.info("rules index loaded", extra={"schema": schema, "bindings": index.bindings, "series": len(index.by_series)})
             metrics.INDEX_RULES.set(sum(index.bindings for index in list(self._tenants.values())))
 
     def _listener(self) -> None:

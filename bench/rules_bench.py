@@ -1,0 +1,278 @@
+"""Rule engine figures for `make bench`: alert latency and ingest throughput with rules.
+
+    .venv/bin/python bench/rules_bench.py            # about 2-3 minutes
+    .venv/bin/python bench/rules_bench.py --quick    # under a minute (fewer devices, shorter windows)
+
+In a database of its own (iiot_bench_rules, dropped before and after), a broker configured as
+shipped and tenant `bench` with N devices (1,000; quick: 300), each with one enabled threshold
+rule on its temperature (never met by the load: values 20-30), plus one rule on a probe device
+(temperature > 100). Then, with `manage.py ingest` (2 processes):
+(a) without rules (RULES_STREAMING_ENABLED=0): points stored in a window at a high offered rate;
+(b) the same with the rules -> ingest_with_rules_vs_without = (b) / (a);
+(c) at 10,000 msg/s (quick: 5,000) of background load the probe publishes every 100 ms,
+    alternately 150 (fires: a new alert) and 20 (clears it); a poller reads the newest alert of
+    the probe's rule -> publish-to-alert-stored alert_latency_p50_ms / alert_latency_p99_ms.
+Reuses bench/run.py's and bench/loadgen.py's helpers (imported, not copied). `run(quick)` runs
+all this in a child process (its own Django settings) and returns the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+DB_NAME = "iiot_bench_rules"
+KEYS = ("alert_latency_p50_ms", "alert_latency_p99_ms", "ingest_with_rules_vs_without")
+
+
+def run(quick: bool) -> dict:
+    """The figures as a dict (keys KEYS, plus details); runs the bench in a child process."""
+    args = [sys.executable, str(Path(__file__).resolve()), "--child"] + (["--quick"] if quick else [])
+    try:
+        done = subprocess.run(args, cwd=ROOT, capture_output=True, timeout=240 if quick else 420, check=False)
+    except subprocess.TimeoutExpired:
+        return {key: None for key in KEYS} | {"errors": {"rules": "timed out"}}
+    lines = done.stdout.decode(errors="replace").strip().splitlines()
+    try:
+        return json.loads(lines[-1])
+    except (IndexError, json.JSONDecodeError):
+        return {key: None for key in KEYS} | {"errors": {"rules": done.stderr.decode(errors="replace")[-1500:]}}
+
+
+def _percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
+
+
+def _create_rules(probe_id: int) -> int:
+    from django_tenants.utils import schema_context
+
+    from devices.models import Device
+    from rules.models import Rule
+
+    with schema_context("bench"):
+        rules = [
+            Rule(name=f"hot {uid}", type="threshold", severity="major", target_kind="device", target_device_id=pk,
+                 condition={"metric": "temperature", "op": "gt", "value": 1000.0, "clear_value": None, "for_s": 0},
+                 actions={"raise_alert": True, "channel_ids": [], "command": None})
+            for pk, uid in Device.objects.exclude(pk=probe_id).values_list("pk", "uid")
+        ]  # fmt: skip
+        probe_rule = Rule(name="probe", type="threshold", severity="critical", target_kind="device", target_device_id=probe_id,
+                          condition={"metric": "temperature", "op": "gt", "value": 100.0, "clear_value": None, "for_s": 0},
+                          actions={"raise_alert": True, "channel_ids": [], "command": None})  # fmt: skip
+        probe_rule.full_clean()
+        Rule.objects.bulk_create([*rules, probe_rule])
+        return Rule.objects.get(name="probe").pk
+
+
+def _child(quick: bool) -> dict:
+    from bench import run as bench_run
+
+    env = {**bench_run.BENCH_ENV, "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{DB_NAME}"}
+    os.environ.update(env)
+    bench_run.BENCH_ENV.update(env)  # count_points() and friends read the database URL from there
+    os.chdir(ROOT)
+    bench_run.admin_execute(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
+    bench_run.admin_execute(f"CREATE DATABASE {DB_NAME}")
+    results: dict = {}
+    errors: dict = {}
+    try:
+        bench_run.run_step([bench_run.PYTHON, "manage.py", "migrate_schemas", "--shared"], timeout=300)
+        import django
+
+        django.setup()
+        _measure(quick, results, errors)
+    except Exception as exc:  # noqa: BLE001
+        errors["setup"] = repr(exc)
+        traceback.print_exc()
+    finally:
+        for process in bench_run.STARTED:
+            bench_run.stop(process, timeout=5)
+        try:
+            from django.db import connections
+
+            connections.close_all()
+        except Exception:  # noqa: BLE001, S110
+            pass
+        bench_run.admin_execute(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
+    if errors:
+        results["errors"] = errors
+    return results
+
+
+def _start_ingest(broker, log_path: Path, rules_enabled: bool):
+    from bench import run as bench_run
+
+    env = {**os.environ, "MQTT_URL": broker.url, "MQTT_DEVICE_URL": broker.url,
+           "MQTT_ADMIN_USERNAME": broker.admin_username, "MQTT_ADMIN_PASSWORD": broker.admin_password,
+           "MQTT_SERVICE_USERNAME": broker.service_username, "MQTT_SERVICE_PASSWORD": broker.service_password,
+           "RULES_STREAMING_ENABLED": "1" if rules_enabled else "0"}  # fmt: skip
+    log = open(log_path, "ab")  # noqa: SIM115 - the child keeps it
+    process = bench_run.spawn([bench_run.PYTHON, "manage.py", "ingest", "--processes", "2", "--stats-interval", "10"],
+                              cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    log.close()
+    return process
+
+
+def _throughput(broker, devices, rate: float, window: float) -> float:
+    from bench import run as bench_run
+
+    measured = bench_run.bench_ingest(broker, devices, rate, window, 30, qos=1)
+    measured["load"].join(120)
+    return measured["stored"] / window
+
+
+def _measure(quick: bool, results: dict, errors: dict) -> None:
+    from bench import run as bench_run
+    from iiot.testing.mosquitto import broker_settings, running_mosquitto
+
+    n = 300 if quick else 1000
+    window = 8 if quick else 20
+    rate = 40000.0
+    latency_rate = 5000.0 if quick else 10000.0
+    latency_s = 8 if quick else 15
+    with running_mosquitto() as broker, broker_settings(broker):
+        devices, probe, probe_id, metric_id = bench_run.provision(n - 1)
+        rule_id = _create_rules(probe_id)
+        results["rules"] = n
+        log_path = Path(broker.directory) / "ingest.log"
+
+        ingest = _start_ingest(broker, log_path, rules_enabled=False)
+        try:
+            bench_run.wait_for_ingest(broker, probe, probe_id, metric_id)
+            without = _throughput(broker, devices, rate, window)
+            results["ingest_points_per_s_without_rules"] = round(without)
+        finally:
+            bench_run.stop(ingest, timeout=15)
+
+        ingest = _start_ingest(broker, log_path, rules_enabled=True)
+        try:
+            bench_run.wait_for_ingest(broker, probe, probe_id, metric_id)
+            with_rules = _throughput(broker, devices, rate, window)
+            results["ingest_points_per_s_with_rules"] = round(with_rules)
+            results["ingest_with_rules_vs_without"] = round(with_rules / without, 3) if without else None
+            results.update(_latency(broker, devices, probe, rule_id, latency_rate, latency_s))
+        except Exception as exc:  # noqa: BLE001
+            errors["rules"] = repr(exc)
+            traceback.print_exc()
+            tail = log_path.read_text(errors="replace").strip().splitlines()[-15:]
+            print("ingest log tail:\n  " + "\n  ".join(tail), file=sys.stderr)
+        finally:
+            bench_run.stop(ingest, timeout=15)
+
+
+def _latency(broker, devices, probe, rule_id: int, rate: float, duration: float) -> dict:
+    import psycopg
+
+    from bench import loadgen
+    from bench import run as bench_run
+
+    class AlternatingProber(bench_run.Prober):
+        """The probe device, publishing temperature 150 (fires) and 20 (clears) in turn."""
+
+        hot = False
+
+        def publish(self) -> int:
+            try:
+                while self.sock.recv(65536):  # drain PUBACKs
+                    pass
+            except BlockingIOError:
+                pass
+            self.hot = not self.hot
+            ts = max(int(time.time() * 1000), self.last_ts + 1)
+            self.last_ts = ts
+            self.packet_id = self.packet_id % 65535 + 1
+            payload = b'{"ts":%d,"values":{"temperature":%d}}' % (ts, 150 if self.hot else 20)
+            self.sock.setblocking(True)
+            self.sock.sendall(loadgen.publish_packet(loadgen._utf8(self.device.topic), payload, 1, self.packet_id))
+            self.sock.setblocking(False)
+            return ts
+
+    load = bench_run.LoadRun(devices, broker.host, broker.port, qos=1, duration_s=duration + 2, rate=rate, wait_acks_s=30)
+    start = load.window()
+    pending: dict[int, float] = {}
+    latencies: list[float] = []
+    lock = threading.Lock()
+    publishing = threading.Event()
+    publishing.set()
+    url = os.environ["DATABASE_URL"].replace("postgres://", "postgresql://")
+
+    def poller() -> None:
+        with psycopg.connect(url, autocommit=True) as conn:
+            give_up = None
+            while True:
+                with lock:
+                    waiting = bool(pending)
+                if not publishing.is_set():
+                    give_up = give_up or time.perf_counter() + 5.0
+                    if not waiting or time.perf_counter() > give_up:
+                        return
+                rows = conn.execute(
+                    "SELECT (extract(epoch FROM first_seen_at) * 1000)::bigint FROM bench.alerting_alert WHERE rule_id = %s ORDER BY id DESC LIMIT 3",
+                    (rule_id,),
+                ).fetchall()
+                now = time.perf_counter()
+                with lock:
+                    for (ts_ms,) in rows:
+                        sent = pending.pop(int(ts_ms), None)
+                        if sent is not None:
+                            latencies.append((now - sent) * 1000)
+                time.sleep(0.001)
+
+    thread = threading.Thread(target=poller, daemon=True)
+    thread.start()
+    try:
+        with AlternatingProber(broker, probe) as prober:
+            tick = start + 1.0
+            while tick < start + 1.0 + duration:
+                bench_run.sleep_until(tick)
+                sent_at = time.perf_counter()
+                ts = prober.publish()
+                if prober.hot:
+                    with lock:
+                        pending[ts] = sent_at
+                tick += 0.1
+            publishing.clear()
+            thread.join(10)
+    finally:
+        publishing.clear()
+    load.join(120)
+    if not latencies:
+        raise RuntimeError("no probe firing reached the alerts table")
+    return {
+        "alert_latency_p50_ms": round(statistics.median(latencies), 1),
+        "alert_latency_p99_ms": round(_percentile(latencies, 0.99), 1),
+        "alert_latency_samples": len(latencies),
+        "alert_latency_missed": len(pending),
+        "alert_latency_background_msgs_per_s": rate,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    began = time.monotonic()
+    if args.child:
+        figures = _child(args.quick)
+    else:
+        figures = run(args.quick)
+    figures = {key: figures.get(key) for key in KEYS} | {key: value for key, value in figures.items() if key not in KEYS}
+    figures["rules_bench_seconds"] = round(time.monotonic() - began)
+    print(json.dumps(figures), flush=True)
+
+
+if __name__ == "__main__":
+    main()
