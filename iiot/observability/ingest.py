@@ -12,12 +12,12 @@ import asyncio
 import logging
 import threading
 import time
-from collections import Counter
 from typing import Any
 
 from django_tenants.utils import get_public_schema_name
 
 from iiot import metrics
+from telemetry.pipeline import Kind, Reason
 
 flush_log = logging.getLogger("telemetry.ingest.flush")
 
@@ -26,8 +26,6 @@ STORE_FAILED = "store_failed"
 def message_tenant(outcome: Any) -> str:
     """The tenant label of a message: its schema, or the public schema's when it could not be routed
     (unknown tenant, bad topic), as in the rejection counters of telemetry/rejections.py."""
-    from telemetry.pipeline import Reason
-
     if outcome.schema and not any(r.reason in (Reason.UNKNOWN_TENANT, Reason.INVALID_TOPIC) for r in outcome.rejections):
         return outcome.schema
     return get_public_schema_name()
@@ -35,9 +33,11 @@ def message_tenant(outcome: Any) -> str:
 
 class IngestMetrics:
     def __init__(self) -> None:
-        self.messages: Counter[str] = Counter()
-        self.points: Counter[str] = Counter()
-        self.rejected: Counter[tuple[str, str]] = Counter()
+        # Plain dicts, not Counter: this is the per-message path.
+        self.messages: dict[str, int] = {}
+        self.points: dict[str, int] = {}
+        self.rejected: dict[tuple[str, str], int] = {}
+        self.public_schema = get_public_schema_name()
         self.transport: Any = None
         self._write_errors = 0
         metrics.INGEST_PROCESSES.set(1)
@@ -45,17 +45,18 @@ class IngestMetrics:
     # --- hot path ------------------------------------------------------------------------------------
     def message(self, outcome: Any) -> None:
         """One message through the pipeline: counted per tenant, its rejections per reason."""
-        from telemetry.pipeline import Kind
-
         if outcome.rejections:
             tenant = message_tenant(outcome)
             for rejection in outcome.rejections:
-                self.rejected[(tenant, rejection.reason.value)] += rejection.count
+                key = (tenant, rejection.reason.value)
+                self.rejected[key] = self.rejected.get(key, 0) + rejection.count
         else:
-            tenant = outcome.schema or get_public_schema_name()
-        self.messages[tenant] += 1
-        if outcome.kind is Kind.TELEMETRY and outcome.points:
-            self.points[tenant] += len(outcome.points)
+            tenant = outcome.schema or self.public_schema
+        messages = self.messages
+        messages[tenant] = messages.get(tenant, 0) + 1
+        points = outcome.points
+        if points and outcome.kind is Kind.TELEMETRY:
+            self.points[tenant] = self.points.get(tenant, 0) + len(points)
 
     # --- per batch (after its write) -----------------------------------------------------------------
     def batch_done(self, batch: Any, outcome: Any) -> None:
@@ -66,7 +67,7 @@ class IngestMetrics:
             result = "left_for_redelivery"
         elif outcome == STORE_FAILED:
             result = STORE_FAILED
-            self.rejected[(schema, STORE_FAILED)] += count
+            self.rejected[(schema, STORE_FAILED)] = self.rejected.get((schema, STORE_FAILED), 0) + count
         else:
             result = "stored"
             metrics.INGEST_POINTS_STORED.labels(tenant=schema).inc(outcome.inserted)
