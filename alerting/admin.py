@@ -4,8 +4,9 @@ read-only here."""
 
 from __future__ import annotations
 
+from django import forms
 from django.contrib import admin, messages
-from django.core.exceptions import ValidationError
+from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
 
 from alerting import selectors, services
 from alerting.models import Alert, AlertEvent, NotificationChannel, NotificationDelivery
@@ -89,8 +90,29 @@ class AlertAdmin(TenantHostOnlyAdminMixin, admin.ModelAdmin):
         self._transition(request, queryset, services.resolve_alert, "Resolved")
 
 
+class NotificationChannelForm(forms.ModelForm):
+    class Meta:
+        model = NotificationChannel
+        fields = ["name", "kind", "enabled", "config", "min_severity"]
+
+    def _update_errors(self, errors: ValidationError) -> None:
+        # Config errors name the setting ("config.url", as the API reports them); the form shows
+        # them on its "config" field.
+        if hasattr(errors, "error_dict"):
+            remapped: dict[str, list[str]] = {}
+            for key, messages_ in errors.message_dict.items():
+                if key in self.fields or key == NON_FIELD_ERRORS:
+                    remapped.setdefault(key, []).extend(messages_)
+                else:
+                    target = "config" if key.startswith("config.") else NON_FIELD_ERRORS
+                    remapped.setdefault(target, []).extend(f"{key.removeprefix('config.')}: {m}" for m in messages_)
+            errors = ValidationError(remapped)
+        super()._update_errors(errors)
+
+
 @admin.register(NotificationChannel)
 class NotificationChannelAdmin(TenantHostOnlyAdminMixin, admin.ModelAdmin):
+    form = NotificationChannelForm
     list_display = ["name", "kind", "enabled", "min_severity", "updated_at"]
     list_filter = ["kind", "enabled"]
     search_fields = ["name"]

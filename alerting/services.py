@@ -13,14 +13,16 @@ import logging
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, TypedDict
 
 from asgiref.sync import async_to_sync
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection, transaction
+from django.db.models import Q
 from django.utils import timezone
+from django_tenants.utils import schema_context
 
 from accounts.models import User
 from accounts.services import diff, record_audit
@@ -151,7 +153,7 @@ def _record_event(
             "alert": alert_summary(alert, base_url=""),
         },
     }
-    transaction.on_commit(lambda: _push_live(schema, message))
+    transaction.on_commit(lambda: _push_live(schema, message), robust=True)
     return event
 
 
@@ -174,7 +176,9 @@ def _enqueue_deliveries(deliveries: list[NotificationDelivery]) -> None:
         for pk in pks:
             deliver_notification.apply_async(args=[pk], headers={"_schema_name": schema})
 
-    transaction.on_commit(enqueue)
+    # robust: a Celery broker outage must not fail the change (the ingest path commits here);
+    # requeue_stale_deliveries (beat) sends what was never enqueued.
+    transaction.on_commit(enqueue, robust=True)
 
 
 def _notify(alert: Alert, event_kind: str, channel_ids: Sequence[int]) -> list[NotificationDelivery]:
@@ -439,6 +443,26 @@ def send_test_notification(*, actor: User | None, client: ClientInfo | None, cha
 
 
 # --- Delivering (the Celery task) ---------------------------------------------------------------
+
+STALE_DELIVERY_AFTER = timedelta(minutes=10)
+
+
+def requeue_stale_deliveries(*, schema: str, now: datetime) -> int:
+    """Enqueue again deliveries nothing has touched for a while (their task was lost: broker
+    down at commit, worker killed past its retries). The task itself is idempotent."""
+    from alerting.tasks import deliver_notification
+
+    with schema_context(schema):
+        cutoff = now - STALE_DELIVERY_AFTER
+        stale = list(
+            NotificationDelivery.objects.unfinished()
+            .filter(Q(last_attempt_at__lt=cutoff) | Q(last_attempt_at__isnull=True, created_at__lt=cutoff))
+            .values_list("pk", flat=True)[:1000]
+        )
+        for pk in stale:
+            deliver_notification.apply_async(args=[pk], headers={"_schema_name": schema})
+    return len(stale)
+
 
 
 class RetryDelivery(Exception):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from django.conf import settings
+from django.utils import timezone
+from django_tenants.utils import get_public_schema_name, schema_context
 
 from alerting import services
 from iiot.celery import app
@@ -23,3 +25,17 @@ def deliver_notification(self, delivery_pk: int) -> dict | None:
     except services.RetryDelivery as exc:
         raise self.retry(countdown=retry_countdown(retries), exc=exc) from exc
     return None if outcome is None else {"status": outcome.status, "attempts": outcome.attempts, "error": outcome.error}
+
+
+def _active_tenant_schemas() -> list[str]:
+    from tenants.models import Tenant
+
+    with schema_context(get_public_schema_name()):
+        return list(Tenant.objects.customers().active().values_list("schema_name", flat=True))
+
+
+@app.task(name="alerting.requeue_stale_deliveries")
+def requeue_stale_deliveries() -> dict[str, int]:
+    """Beat: deliveries whose task was lost are enqueued again, in every active tenant."""
+    now = timezone.now()
+    return {schema: services.requeue_stale_deliveries(schema=schema, now=now) for schema in _active_tenant_schemas()}
