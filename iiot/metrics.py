@@ -8,7 +8,8 @@ across processes (`multiprocess_mode`): `livesum` adds up the live processes' va
 
 Labels are bounded: `tenant` is a tenant schema name, `reason` a `telemetry.pipeline.Reason`,
 `task` a registered Celery task name, `channel` a notification channel kind. Never a device id,
-a rule id or anything else a user can multiply.
+a rule id or anything else a user can multiply. (rules/metrics.py and analytics/metrics.py keep
+their own `iiot_rules_*` and `iiot_analytics_*` metrics; /metrics shows them as well.)
 
 Other apps record through these objects (or the small helpers below); an app that needs a metric
 not listed here adds it here, so that `/metrics` stays one consistent vocabulary.
@@ -72,17 +73,9 @@ INGEST_BROKER_CONNECTED = Gauge(
 )
 INGEST_PROCESSES = Gauge("ingest_processes", "Running ingest processes.", multiprocess_mode="livesum", namespace=NAMESPACE)
 
-# --- Rules and alerts (rules/, alerting/) -----------------------------------------------------------
-RULE_EVALUATIONS = Counter(
-    "rule_evaluations", "Rule evaluations by rule type and result.", ["tenant", "rule_type", "result"], namespace=NAMESPACE
-)
-RULE_EVALUATION_SECONDS = Histogram(
-    "rule_evaluation_seconds",
-    "Duration of one rule evaluation pass (streaming: per batch of points; windowed: per rule run).",
-    ["rule_type"],
-    buckets=(0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5),
-    namespace=NAMESPACE,
-)
+# --- Rules and alerts -------------------------------------------------------------------------------
+# Rule evaluation metrics are rules/metrics.py's own (`iiot_rules_*`); alerts are counted here, from the
+# alerting models' saves (iiot/observability/model_signals.py).
 ALERTS_RAISED = Counter("alerts_raised", "Alerts opened (repeats of an open alert do not count).", ["tenant", "severity"], namespace=NAMESPACE)
 ALERT_TRANSITIONS = Counter(
     "alert_transitions", "Alert state changes (acknowledged, resolved, auto-resolved...).", ["tenant", "to_state"], namespace=NAMESPACE
