@@ -29,6 +29,7 @@ A Redis failure is logged and does not fail the write: the points are committed 
 from __future__ import annotations
 
 import logging
+import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -67,6 +68,33 @@ class Point(NamedTuple):
 class WriteResult:
     inserted: int
     duplicates: int
+
+
+# PostgreSQL's binary COPY format (docs: sql-copy.html, "Binary Format"), encoded here rather
+# than with psycopg's `write_row` (a Python-level loop over typed dumpers, five times slower):
+# a header, then per row the field count and each field as length + big-endian value, then -1.
+# timestamptz is int64 microseconds since 2000-01-01 UTC.
+_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 0)
+_COPY_TRAILER = struct.pack("!h", -1)
+_COPY_ROW = struct.Struct("!hiiiiiqid")
+_PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+_ONE_MICROSECOND = timedelta(microseconds=1)
+
+
+def encode_copy_binary(points: Iterable[Point]) -> bytes:
+    """The rows `(device_id int4, metric_id int4, ts timestamptz, value float8)` as one binary COPY stream."""
+    pack = _COPY_ROW.pack
+    parts = [_COPY_HEADER]
+    append = parts.append
+    last_ts = None
+    micros = 0
+    for device_id, metric_id, ts, value in points:
+        if ts is not last_ts:  # the points of one message share their timestamp object
+            micros = (ts - _PG_EPOCH) // _ONE_MICROSECOND
+            last_ts = ts
+        append(pack(4, 4, device_id, 4, metric_id, 8, micros, 8, value))
+    append(_COPY_TRAILER)
+    return b"".join(parts)
 
 
 def latest_key(schema: str, device_id: int) -> str:
@@ -248,12 +276,19 @@ def redis_client(url: str | None = None) -> redis.Redis:
 
 def newest_per_series(points: Iterable[Point]) -> dict[int, dict[int, Point]]:
     """device_id -> metric_id -> the newest point of the batch."""
-    newest: dict[int, dict[int, Point]] = {}
+    flat: dict[tuple[int, int], Point] = {}
+    get = flat.get
     for point in points:
-        per_device = newest.setdefault(point.device_id, {})
-        current = per_device.get(point.metric_id)
-        if current is None or point.ts >= current.ts:
-            per_device[point.metric_id] = point
+        key = (point[0], point[1])
+        current = get(key)
+        if current is None or point[2] >= current[2]:
+            flat[key] = point
+    newest: dict[int, dict[int, Point]] = {}
+    for (device_id, metric_id), point in flat.items():
+        per_device = newest.get(device_id)
+        if per_device is None:
+            per_device = newest[device_id] = {}
+        per_device[metric_id] = point
     return newest
 
 
@@ -443,10 +478,7 @@ class TelemetryWriter:
         try:
             with conn.cursor() as cursor:
                 with cursor.copy(_COPY_STAGING) as copy:
-                    copy.set_types(("int4", "int4", "timestamptz", "float8"))
-                    write_row = copy.write_row
-                    for point in points:  # a Point is the row itself: (device_id, metric_id, ts, value)
-                        write_row(point)
+                    copy.write(encode_copy_binary(points))
                 # Optimistic: a plain insert, undone to the savepoint if the batch holds a duplicate.
                 cursor.execute("SAVEPOINT telemetry_batch")
                 try:
