@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
+import urllib3
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.conf import settings
@@ -205,7 +206,9 @@ class WebhookNotifier:
         }
         try:
             response = webhooks.post(target, body, headers)
-        except Exception as exc:  # urllib3's errors (timeouts, TLS, refused connections) all mean "try later"
+        except urllib3.exceptions.SSLError as exc:  # an untrusted or mismatched certificate: fix the receiver
+            raise DeliveryFailed(f"TLS verification failed: {exc}", retryable=False) from exc
+        except Exception as exc:  # urllib3's other errors (timeouts, refused connections) mean "try later"
             raise DeliveryFailed(f"Request failed: {type(exc).__name__}: {exc}", retryable=True) from exc
         if 200 <= response.status < 300:
             return DeliveryResult(response_code=response.status, response_excerpt=response.excerpt)

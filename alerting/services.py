@@ -9,6 +9,7 @@ live push) with `transaction.on_commit`, so nothing leaves the process for a cha
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 from collections.abc import Sequence
@@ -116,12 +117,25 @@ def alert_summary(alert: Alert, *, base_url: str | None = None) -> AlertSummary:
 # --- Timeline and live push ---------------------------------------------------------------------
 
 
+_LIVE_SENDS: set[asyncio.Task] = set()  # strong references until the sends finish
+
+
 def _push_live(schema: str, message: dict[str, Any]) -> None:
     from channels.layers import get_channel_layer
 
     try:
         layer = get_channel_layer()
-        if layer is not None:
+        if layer is None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if loop is not None:  # called on an event loop's thread: send on that loop, do not block it
+            task = loop.create_task(layer.group_send(alerts_group(schema), message))
+            _LIVE_SENDS.add(task)
+            task.add_done_callback(_LIVE_SENDS.discard)
+        else:
             async_to_sync(layer.group_send)(alerts_group(schema), message)
     except Exception:  # a dashboard update is best effort: never fail the change that caused it
         logger.warning("live alert push failed", extra={"schema": schema}, exc_info=True)

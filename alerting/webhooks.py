@@ -240,6 +240,7 @@ def post(target: PinnedTarget, body: bytes, headers: dict[str, str], *, timeout_
             retries=False,
             maxsize=1,
             cert_reqs="CERT_REQUIRED",
+            ca_certs=settings.WEBHOOK_CA_BUNDLE or None,  # None: the system's trust store
             server_hostname=target.host,
             assert_hostname=target.host,
         )

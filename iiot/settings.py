@@ -268,6 +268,8 @@ WEBHOOK_MIN_INTERVAL_MS = env.int("WEBHOOK_MIN_INTERVAL_MS", default=1000)
 WEBHOOK_RATE_WAIT_S = env.float("WEBHOOK_RATE_WAIT_S", default=5.0)
 # Lets webhooks reach loopback addresses (local test receivers). Never in production.
 WEBHOOK_ALLOW_LOOPBACK = env.bool("WEBHOOK_ALLOW_LOOPBACK", default=False)
+# CA bundle (PEM) webhook certificates are verified against; empty: the system's trust store.
+WEBHOOK_CA_BUNDLE = env.str("WEBHOOK_CA_BUNDLE", default="")
 
 # --- Auth -------------------------------------------------------------------------------------
 AUTH_USER_MODEL = "accounts.User"

@@ -94,12 +94,13 @@ class WebhookReceiver:
     """HTTP server on 127.0.0.1 answering each POST with the next scripted (status, headers, delay)."""
 
     server: ThreadingHTTPServer
+    scheme: str = "http"
     requests: list[ReceivedRequest] = field(default_factory=list)
     script: list[tuple[int, dict[str, str], float]] = field(default_factory=list)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/hooks/iiot?team=ops"
+        return f"{self.scheme}://127.0.0.1:{self.server.server_address[1]}/hooks/iiot?team=ops"
 
     def answer(self, *responses: int | tuple[int, dict[str, str]] | tuple[int, dict[str, str], float]) -> None:
         for response in responses:
@@ -113,8 +114,7 @@ class WebhookReceiver:
         return json.loads(self.requests[index].body)
 
 
-@pytest.fixture
-def receiver():
+def start_receiver(ssl_context=None) -> WebhookReceiver:
     state: dict = {}
 
     class Handler(BaseHTTPRequestHandler):
@@ -142,12 +142,23 @@ def receiver():
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
-    hook = state["receiver"] = WebhookReceiver(server=server)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    if ssl_context is not None:
+        server.socket = ssl_context.wrap_socket(server.socket, server_side=True)
+    hook = state["receiver"] = WebhookReceiver(server=server, scheme="https" if ssl_context is not None else "http")
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return hook
+
+
+def stop_receiver(hook: WebhookReceiver) -> None:
+    hook.server.shutdown()
+    hook.server.server_close()
+
+
+@pytest.fixture
+def receiver():
+    hook = start_receiver()
     yield hook
-    server.shutdown()
-    server.server_close()
+    stop_receiver(hook)
 
 
 # --- an SMTP server -----------------------------------------------------------------------------

@@ -413,3 +413,80 @@ def test_live_channel_pushes_the_notification(alpha, device, listener, eager_tas
     message = _receive(layer, name)
     assert message["type"] == "alert.notification" and message["channel"] == "Control room"
     assert message["payload"]["alert"]["device_uid"] == device.uid
+
+
+# --- TLS -------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def certificates(tmp_path_factory):
+    """A private CA, a server certificate for 127.0.0.1 and one for another name (openssl CLI)."""
+    import subprocess
+
+    directory = tmp_path_factory.mktemp("tls")
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=IIoT test CA",
+        "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign")  # fmt: skip
+    for name, san in (("good", "IP:127.0.0.1"), ("wrong", "DNS:other.example")):
+        (directory / f"{name}.ext").write_text(
+            f"subjectAltName={san}\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n"
+        )
+        run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}")
+        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", f"{name}.pem",
+            "-days", "2", "-extfile", f"{name}.ext")  # fmt: skip
+    return directory
+
+
+@pytest.fixture
+def tls_receiver(certificates):
+    import ssl
+
+    from alerting.tests.conftest import start_receiver, stop_receiver
+
+    started = []
+
+    def start(name: str):
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(certificates / f"{name}.pem", certificates / f"{name}.key")
+        hook = start_receiver(context)
+        started.append(hook)
+        return hook
+
+    yield start
+    for hook in started:
+        stop_receiver(hook)
+
+
+@pytest.mark.parametrize(
+    ("certificate", "trust_ca", "expected"),
+    [("good", True, "succeeded"), ("good", False, "failed"), ("wrong", True, "failed")],
+    ids=["trusted", "untrusted-ca", "wrong-host"],
+)
+def test_tls_certificates_are_verified(
+    alpha, device, certificates, tls_receiver, loopback_hooks, certificate, trust_ca, expected, eager_tasks, django_capture_on_commit_callbacks
+):
+    loopback_hooks.WEBHOOK_CA_BUNDLE = str(certificates / "ca.pem") if trust_ca else ""
+    hook = tls_receiver(certificate)
+    channel = make_channel("alpha", "webhook", {"url": hook.url})
+    _, deliveries = _raise_and_deliver(django_capture_on_commit_callbacks, device, channel)
+    assert [(d.status, d.attempts) for d in deliveries] == [(expected, 1)], deliveries[0].error
+    if expected == "failed":
+        assert deliveries[0].error.startswith("TLS verification failed") and hook.requests == []
+    else:
+        assert hook.requests[0].headers["X-IIoT-Signature"].startswith("sha256=")
+
+
+@pytest.mark.asyncio
+async def test_live_push_from_an_event_loop_thread_is_scheduled_on_that_loop():
+    layer = get_channel_layer()
+    name = await layer.new_channel()
+    await layer.group_add("alpha.alerts", name)
+    try:
+        services._push_live("alpha", {"type": "alert.event", "event": {"kind": "note"}})  # must not raise nor block
+        message = await asyncio.wait_for(layer.receive(name), 3)
+        assert message["event"] == {"kind": "note"}
+    finally:
+        await layer.group_discard("alpha.alerts", name)
