@@ -490,3 +490,26 @@ async def test_live_push_from_an_event_loop_thread_is_scheduled_on_that_loop():
         assert message["event"] == {"kind": "note"}
     finally:
         await layer.group_discard("alpha.alerts", name)
+
+
+def test_the_host_is_resolved_once_and_the_connection_pinned(alpha, device, receiver, loopback_hooks, monkeypatch, eager_tasks, django_capture_on_commit_callbacks):
+    """DNS rebinding: the name is looked up once, checked, and the socket goes to that address
+    (nothing downstream resolves the name again)."""
+    import socket
+
+    real = socket.getaddrinfo
+    lookups: list[str] = []
+
+    def fake_getaddrinfo(host, *args, **kwargs):
+        if host == "hooks.rebind.test":
+            lookups.append(host)
+            return real("127.0.0.1", *args, **kwargs) if len(lookups) == 1 else real("10.0.0.1", *args, **kwargs)
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", fake_getaddrinfo)
+    port = receiver.server.server_address[1]
+    channel = _webhook_channel(f"http://hooks.rebind.test:{port}/hook")
+    _, deliveries = _raise_and_deliver(django_capture_on_commit_callbacks, device, channel)
+    assert [d.status for d in deliveries] == ["succeeded"], deliveries[0].error
+    assert lookups == ["hooks.rebind.test"]
+    assert receiver.requests[0].headers["Host"] == f"hooks.rebind.test:{port}"
