@@ -20,7 +20,7 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.cache import never_cache
-from django.views.decorators.http import require_GET
+from django.views.decorators.csrf import csrf_exempt
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from iiot.api.errors import error_response
@@ -86,9 +86,13 @@ def render_metrics() -> bytes:
     return generate_latest(registry)
 
 
+@csrf_exempt  # no session is involved: POST gets the 405 below, not a CSRF page
 @never_cache
-@require_GET
 def metrics(request: HttpRequest) -> HttpResponse:
+    if request.method not in ("GET", "HEAD"):
+        response = error_response(405, "method_not_allowed", f'Method "{request.method}" not allowed.')
+        response["Allow"] = "GET, HEAD"
+        return response
     refused = refusal(request)
     if refused is not None:
         return refused

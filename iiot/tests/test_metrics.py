@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from iiot.celery import app
 from iiot.testing.mosquitto import mosquitto_fixture
-from telemetry.tests.test_ingest_support import IngestProcess, Publisher, count_points, create_plant, delete_plant, wait_for
+from telemetry.tests.test_ingest_support import ROOT, IngestProcess, Publisher, count_points, create_plant, delete_plant, wait_for
 
 TOKEN = "metrics-token-for-tests-0123456789"
 
@@ -87,6 +87,8 @@ def test_token_required_and_checked(platform, settings, host):
         assert _error(wrong)["code"] in {"authentication_failed", "not_authenticated"}
     samples = scrape(client)
     assert "iiot_telemetry_partitions" in samples
+    posted = client.post("/metrics", HTTP_AUTHORIZATION=f"Bearer {TOKEN}")
+    assert posted.status_code == 405 and _error(posted)["code"] == "method_not_allowed"
     # A tenant user's JWT is not the metrics token.
     if host == "alpha.localhost":
         assert client.get("/metrics", HTTP_AUTHORIZATION=f"Bearer {platform['alpha'].access_token('admin')}").status_code == 401
@@ -380,3 +382,33 @@ def test_alerts_and_deliveries_counted_after_commit(alpha, django_capture_on_com
             delivery.status, delivery.finished_at = "succeeded", datetime.now(UTC)
             delivery.save(update_fields=["status", "finished_at"])
     assert delivered("retried") == retried_before + 1 and delivered("sent") == sent_before + 1
+
+
+def test_multiprocess_files_are_named_by_host_and_pid_and_live_gauges_go_at_exit(tmp_path):
+    """Two processes sharing one directory write their own files; the collector sums them; an
+    exiting process removes its live gauges (mark_process_dead at exit) and keeps its counters."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    script = (
+        "import os, sys, iiot\n"
+        "from iiot import metrics\n"
+        "metrics.INGEST_PROCESSES.set(1)\n"
+        "metrics.INGEST_POINTS_STORED.labels(tenant='alpha').inc(int(sys.argv[1]))\n"
+        "print(os.getpid())\n"
+    )
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path), "DJANGO_SETTINGS_MODULE": "iiot.settings"}
+    pids = [subprocess.run([sys.executable, "-c", script, str(n)], env=env, cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+            for n in (3, 4)]
+    host = socket.gethostname().replace("_", "-")
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == sorted(f"counter_{host}-{pid}.db" for pid in pids)  # live gauge files removed at exit
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(tmp_path))
+    text = generate_latest(registry).decode()
+    assert 'iiot_ingest_points_stored_total{tenant="alpha"} 7.0' in text
