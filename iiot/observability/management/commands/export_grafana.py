@@ -16,7 +16,7 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser) -> None:
         parser.add_argument("--tenant", required=True, help="The tenant's slug.")
-        parser.add_argument("--out", default=None, help="Directory to write into (default: grafana-dashboards/<slug>).")
+        parser.add_argument("--out", default=None, help="Directory to write into (default: var/grafana/<slug>).")
 
     def handle(self, *args, **options) -> None:
         from django_tenants.utils import get_public_schema_name
@@ -27,7 +27,7 @@ class Command(BaseCommand):
         tenant = Tenant.objects.exclude(schema_name=get_public_schema_name()).filter(slug=slug).first()
         if tenant is None:
             raise CommandError(f'No tenant with slug "{slug}".')
-        out = Path(options["out"] or Path("grafana-dashboards") / slug)
+        out = Path(options["out"] or Path("var") / "grafana" / slug)
         written = export_for_tenant(schema=tenant.schema_name, slug=tenant.slug, name=tenant.name, out=out)
         for path in written:
             self.stdout.write(str(path))
