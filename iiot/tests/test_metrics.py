@@ -412,3 +412,68 @@ def test_multiprocess_files_are_named_by_host_and_pid_and_live_gauges_go_at_exit
     MultiProcessCollector(registry, path=str(tmp_path))
     text = generate_latest(registry).decode()
     assert 'iiot_ingest_points_stored_total{tenant="alpha"} 7.0' in text
+
+
+@pytest.mark.django_db
+def test_a_real_worker_process_records_into_the_shared_directory(alpha, metrics_broker, tmp_path, settings, monkeypatch):
+    """`celery worker` as its own process (multiprocess mode): its task metrics reach /metrics and
+    its task log line carries the enqueuing request's id and the tenant."""
+    import signal
+    import subprocess
+    import sys
+
+    from rest_framework.test import APIClient
+
+    from iiot.request_context import request_id_var
+    from telemetry.tests.test_ingest_support import ingest_env
+    from tenants.tasks import describe_context
+
+    multiproc = tmp_path / "prometheus"
+    multiproc.mkdir()
+    queue = f"obs-{uuid.uuid4().hex[:8]}"
+    env = ingest_env(
+        metrics_broker,
+        PROMETHEUS_MULTIPROC_DIR=str(multiproc),
+        CELERY_BROKER_URL=settings.CELERY_BROKER_URL,
+        CELERY_RESULT_BACKEND=settings.CELERY_RESULT_BACKEND,
+        CELERY_TASK_ALWAYS_EAGER="0",
+    )
+    log_path = tmp_path / "worker.log"
+    with open(log_path, "wb") as log:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "iiot", "worker", "--pool", "solo", "-Q", queue, "-l", "INFO", "--without-heartbeat", "--without-gossip", "--without-mingle"],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )
+    try:
+        assert wait_for(lambda: "ready" in log_path.read_text(errors="replace"), 60), log_path.read_text()[-2000:]
+        app.conf.task_always_eager = False
+        token = request_id_var.set("req-worker-9")
+        try:
+            with schema_context("alpha"):
+                result = describe_context.apply_async(queue=queue)
+        finally:
+            request_id_var.reset(token)
+        assert result.get(timeout=30) == {"schema": "alpha", "request_id": "req-worker-9"}
+
+        def task_line():
+            for line in log_path.read_text(errors="replace").splitlines():
+                if line.startswith("{") and '"iiot.celery.task"' in line:
+                    entry = json.loads(line)
+                    if entry.get("request_id") == "req-worker-9":
+                        return entry
+            return None
+
+        entry = wait_for(task_line, 10)
+        assert entry and entry["task"] == "tenants.describe_context" and entry["tenant"] == "alpha" and entry["outcome"] == "success"
+        assert entry["duration_ms"] >= 0 and entry["task_id"] == result.id
+
+        settings.METRICS_TOKEN = TOKEN
+        monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(multiproc))
+        samples = scrape(APIClient(HTTP_HOST="localhost"))
+        before_files = value(samples, "iiot_celery_tasks_total", task="tenants.describe_context", outcome="success")
+        monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR")
+        own = value(scrape(APIClient(HTTP_HOST="localhost")), "iiot_celery_tasks_total", task="tenants.describe_context", outcome="success")
+        assert before_files - own == 1  # exactly the worker process's run, from its file
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(30)
