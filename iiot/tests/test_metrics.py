@@ -95,6 +95,17 @@ def test_token_required_and_checked(platform, settings, host):
 
 
 @pytest.mark.django_db
+def test_answers_on_an_address_like_the_probes(platform, settings):
+    """Prometheus scrapes a process by its address: no tenant is served there, /metrics still answers."""
+    from rest_framework.test import APIClient
+
+    settings.METRICS_TOKEN = TOKEN
+    assert "iiot_telemetry_partitions" in scrape(APIClient(HTTP_HOST="127.0.0.1"))
+    assert APIClient(HTTP_HOST="127.0.0.1").get("/metrics").status_code == 401
+    assert APIClient(HTTP_HOST="127.0.0.1").get("/api/v1/devices").status_code == 404
+
+
+@pytest.mark.django_db
 def test_allowed_networks(platform, settings):
     from rest_framework.test import APIClient
 
