@@ -168,3 +168,20 @@ class ConflictErrorSerializer(serializers.Serializer):
 
     error = serializers.DictField(help_text='{"status": 409, "code": "alert_state_conflict", "message": ..., "state": "resolved"}')
     request_id = serializers.CharField()
+
+
+class DurationFiguresSerializer(serializers.Serializer):
+    count = serializers.IntegerField(help_text="Alerts the figures are computed over.")
+    mean = serializers.FloatField(allow_null=True)
+    p50 = serializers.FloatField(allow_null=True)
+    p90 = serializers.FloatField(allow_null=True)
+    max = serializers.FloatField(allow_null=True)
+
+
+class AlertStatsSerializer(serializers.Serializer):
+    total = serializers.IntegerField()
+    by_state = serializers.DictField(child=serializers.IntegerField())
+    by_severity = serializers.DictField(child=serializers.IntegerField())
+    auto_resolved = serializers.IntegerField()
+    time_to_acknowledge_s = DurationFiguresSerializer()
+    time_to_resolve_s = DurationFiguresSerializer()

@@ -15,6 +15,7 @@ from alerting.api.serializers import (
     AlertEventSerializer,
     AlertSerializer,
     AlertStateSerializer,
+    AlertStatsSerializer,
     AlertTransitionSerializer,
     ChannelSecretSerializer,
     ConflictErrorSerializer,
@@ -67,6 +68,7 @@ class AlertViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
     ordering_fields = ["first_seen_at", "last_seen_at", "severity", "count", "state"]
     required_permissions = {
         "list": "alerts:read",
+        "stats": "alerts:read",
         "retrieve": "alerts:read",
         "state": "alerts:read",
         "acknowledge": "alerts:ack",
@@ -97,6 +99,13 @@ class AlertViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
     def _state(self, alert, changed: bool) -> Response:
         fresh = self.get_queryset().get(pk=alert.pk)
         return Response(AlertTransitionSerializer(fresh, context={"changed": changed}).data)
+
+    @extend_schema(responses={200: AlertStatsSerializer})
+    @action(detail=False, methods=["get"])
+    def stats(self, request):
+        """Counts and time-to-acknowledge / time-to-resolve figures (seconds) over the alerts the
+        list's filters select (e.g. `since`, `severity`, `rule`)."""
+        return Response(AlertStatsSerializer(selectors.alert_stats(self.filter_queryset(self.get_queryset()))).data)
 
     @extend_schema(responses={200: AlertStateSerializer})
     @action(detail=True, methods=["get"])

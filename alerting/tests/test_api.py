@@ -305,3 +305,33 @@ def test_channels_of_another_tenant_are_404(alpha, beta, method, suffix):
     assert response.status_code == 404
     listed = alpha.client("admin").get("/api/v1/notification-channels", {"page_size": 500}).json()["results"]
     assert theirs.pk not in {row["id"] for row in listed}
+
+
+def test_stats_give_counts_and_tta_ttr_over_the_filtered_alerts(alpha, device):
+    from alerting.models import Alert
+
+    base = datetime.now(UTC) - timedelta(hours=1)
+    made = [make_alert("alpha", rule_id=580, device=make_device("alpha"), severity="critical", observed_at=base) for _ in range(3)]
+    with schema_context("alpha"):
+        # acknowledged after 60 s and 120 s, one resolved 300 s after it started, one left open
+        Alert.objects.filter(pk=made[0].pk).update(state="acknowledged", acknowledged_at=base + timedelta(seconds=60))
+        Alert.objects.filter(pk=made[1].pk).update(
+            state="resolved", acknowledged_at=base + timedelta(seconds=120), resolved_at=base + timedelta(seconds=300)
+        )
+    api = alpha.client("viewer")
+    body = api.get("/api/v1/alerts/stats", {"rule": 580}).json()
+    assert body["total"] == 3
+    assert body["by_state"] == {"triggered": 1, "acknowledged": 1, "resolved": 1}
+    assert body["by_severity"]["critical"] == 3 and body["by_severity"]["info"] == 0
+    assert body["time_to_acknowledge_s"] == {"count": 2, "mean": 90.0, "p50": 90.0, "p90": 114.0, "max": 120.0}
+    assert body["time_to_resolve_s"] == {"count": 1, "mean": 300.0, "p50": 300.0, "p90": 300.0, "max": 300.0}
+    empty = api.get("/api/v1/alerts/stats", {"rule": 581}).json()
+    assert empty["total"] == 0 and empty["time_to_resolve_s"]["mean"] is None
+    assert api.get("/api/v1/alerts/stats", {"since": "soon"}).status_code == 400
+
+
+def test_stats_are_per_tenant(alpha, beta, device):
+    make_alert("alpha", rule_id=590, device=device)
+    assert alpha.client("viewer").get("/api/v1/alerts/stats", {"rule": 590}).json()["total"] == 1
+    assert beta.client("viewer").get("/api/v1/alerts/stats", {"rule": 590}).json()["total"] == 0
+    assert alpha.client().get("/api/v1/alerts/stats").status_code == 401
