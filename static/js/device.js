@@ -25,7 +25,7 @@
       cursor: { drag: { x: true, y: false, setScale: false } },
       scales: { x: { time: true } },
       axes: [{ stroke: "#5d6b7a" }, { stroke: "#5d6b7a", size: 50 }],
-      series: [{}, { label: metric.name, stroke: "#0b6bcb", width: 1.5, spanGaps: false, points: { show: false } }],
+      series: [{}, { label: metric.name, stroke: "#0b6bcb", width: 1.5, spanGaps: false, points: { show: (u, si, i0, i1) => i1 - i0 < 60, size: 5 } }],
       hooks: {
         setSelect: [
           (u) => {
