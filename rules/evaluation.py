@@ -17,6 +17,7 @@ Time is epoch seconds (float) of the observation, so a backtest replays exactly 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 from enum import IntEnum
@@ -169,6 +170,8 @@ class CompiledRule:
     metric_id: int | None = None
     expression: CompiledExpression | None = None
     version: float = 0.0
+    # Threshold: value -> does the condition hold (a closure: the hot path's fast check).
+    holds: Callable[[float], bool] | None = None
 
     @property
     def for_s(self) -> float:
@@ -194,7 +197,23 @@ def compile_rule(rule, *, metric_ids: dict[str, int], timezone: str = "UTC") -> 
         metric_id=metric_ids.get(metric) if metric else None,
         expression=parse(condition["expression"]) if rule.type == "comparison" else None,
         version=rule.updated_at.timestamp() if getattr(rule, "updated_at", None) else 0.0,
+        holds=holds_function(condition) if rule.type == "threshold" else None,
     )
+
+
+def holds_function(spec: dict[str, Any]) -> Callable[[float], bool]:
+    """`compare(spec, v) == TRIGGER` as one closure (no dict lookups per point)."""
+    op = spec["op"]
+    if op in ("inside", "outside"):
+        low, high = spec["low"], spec["high"]
+        if op == "inside":
+            return lambda v: low <= v <= high
+        return lambda v: v < low or v > high
+    limit = spec["value"]
+    return {
+        "gt": lambda v: v > limit, "gte": lambda v: v >= limit, "lt": lambda v: v < limit,
+        "lte": lambda v: v <= limit, "eq": lambda v: v == limit, "ne": lambda v: v != limit,
+    }[op]  # fmt: skip
 
 
 # --- Streaming verdicts ----------------------------------------------------------------------------

@@ -35,6 +35,7 @@ RULE_FIELDS = (
     "target_labels", "condition", "schedule", "cooldown_s", "actions",
 )  # fmt: skip
 CHANNEL_SUFFIX = ":rules"
+CLEAR_ATTEMPTS = 3
 
 
 def rules_channel(schema: str) -> str:
@@ -161,7 +162,12 @@ def apply_event(event: RuleEvent) -> Any:
             if command:
                 _send_command(event.device_id, command, rule)
         elif event.kind == CLEAR and rule.actions.get("raise_alert", True) and alerting is not None:
-            result = alerting.clear_alert(rule_id=rule.id or None, device_id=event.device_id, observed_at=observed_at, value=event.value, actor=None)
+            for attempt in range(CLEAR_ATTEMPTS):
+                result = alerting.clear_alert(rule_id=rule.id or None, device_id=event.device_id, observed_at=observed_at, value=event.value, actor=None)
+                if result is not None or event.path != "stream" or attempt == CLEAR_ATTEMPTS - 1:
+                    break
+                # Another ingest process may have fired this pair a moment ago (its alert not committed yet).
+                time.sleep(0.025)
     metrics.EVENTS.labels(kind=event.kind, path=event.path).inc()
     return result
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import queue
 import threading
 import time
@@ -36,6 +37,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import orjson
 from django.conf import settings
 from django.db import close_old_connections
 from django_tenants.utils import get_public_schema_name, schema_context
@@ -48,7 +50,8 @@ from telemetry.storage import Point
 
 logger = logging.getLogger(__name__)
 
-PATTERNS = ("*:rules", "*:registry")
+PATTERNS = ("*:rules", "*:registry", "*:rules:state")
+STATE_CHANNEL_SUFFIX = ":rules:state"
 
 
 @dataclass(slots=True)
@@ -171,6 +174,10 @@ def evaluate(index: TenantRules, points: Sequence[Point], on_change: Callable, o
             if state.last_ts is not None and ts < state.last_ts:
                 continue  # older than what this pair already judged (out of order, redelivered)
             state.last_ts = ts
+            rule = binding.rule
+            if rule.holds is not None and not state.firing and state.pending_since is None and rule.schedule is None and not rule.holds(point.value):
+                evaluations += 1  # the common case: quiet and still quiet (what threshold_step would conclude)
+                continue
             before = (state.firing, state.pending_since, state.last_fired)
             if binding.lookup is None:
                 event = threshold_step(binding.rule, state, ts, point.value)
@@ -208,6 +215,8 @@ class StreamingEvaluator:
         self.apply = apply
         self.flush_s = flush_s
         self._tenants: dict[str, TenantRules] = {}
+        self._callbacks: dict[str, tuple[Callable, Callable]] = {}
+        self.origin = f"{os.getpid()}-{id(self)}"
         self._requested: set[str] = set()
         self._stale: set[str] = set()
         self._lock = threading.Lock()
@@ -236,6 +245,16 @@ class StreamingEvaluator:
         if not by_series:
             return
         started = time.perf_counter()
+        callbacks = self._callbacks.get(schema)
+        if callbacks is None:
+            callbacks = self._callbacks[schema] = self._make_callbacks(schema)
+        on_change, on_event = callbacks
+        evaluations = evaluate(index, points, on_change, on_event)
+        self.points += len(points)
+        self.evaluations += evaluations
+        self.seconds += time.perf_counter() - started
+
+    def _make_callbacks(self, schema: str) -> tuple[Callable, Callable]:
         writes = self._writes
         queues = self._queues
 
@@ -246,12 +265,9 @@ class StreamingEvaluator:
             self.events += 1
             event = RuleEvent(schema=schema, rule=binding.rule, device_id=binding.device_id, kind=kind, ts=ts, value=value,
                               details={"metric_id": point.metric_id})  # fmt: skip
-            queues[hash(binding.key) % len(queues)].put((started, event))
+            queues[hash(binding.key) % len(queues)].put((time.perf_counter(), event))
 
-        evaluations = evaluate(index, points, on_change, on_event)
-        self.points += len(points)
-        self.evaluations += evaluations
-        self.seconds += time.perf_counter() - started
+        return on_change, on_event
 
     # --- lifecycle -------------------------------------------------------------------------------
     def start(self, *, preload: bool = True) -> StreamingEvaluator:
@@ -352,6 +368,9 @@ class StreamingEvaluator:
                     message = pubsub.get_message(timeout=0.5)
                     if message and message.get("type") == "pmessage":
                         channel = message["channel"].decode() if isinstance(message["channel"], bytes) else message["channel"]
+                        if channel.endswith(STATE_CHANNEL_SUFFIX):
+                            self._adopt(channel[: -len(STATE_CHANNEL_SUFFIX)], message["data"])
+                            continue
                         schema = channel.rsplit(":", 1)[0]
                         if schema in self._tenants or schema in self._requested:
                             self.invalidate(schema)
@@ -361,6 +380,27 @@ class StreamingEvaluator:
                 logger.warning("rules listener: Redis unavailable, retrying", extra={"error": str(exc)})
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
+
+    def _adopt(self, schema: str, data: bytes) -> None:
+        """Another process changed some pairs' state: take it over (keeping what we last judged)."""
+        index = self._tenants.get(schema)
+        if index is None:
+            return
+        try:
+            payload = orjson.loads(data)
+            if payload.get("origin") == self.origin:
+                return
+            for field_name, packed in payload["states"].items():
+                rule_id, device_id = (int(part) for part in field_name.split(":"))
+                key = (rule_id, device_id)
+                if key not in index.states:
+                    continue
+                remote = SeriesState.unpack(packed)
+                local = index.states[key]
+                remote.last_ts = local.last_ts
+                index.states[key] = remote
+        except (ValueError, KeyError, TypeError) as exc:
+            logger.warning("rule state message ignored", extra={"schema": schema, "error": str(exc)[:200]})
 
     def _flush_writes(self) -> None:
         if not self._writes or self._client is None:
@@ -376,6 +416,8 @@ class StreamingEvaluator:
             pipe = self._client.pipeline(transaction=False)
             for schema, mapping in per_schema.items():
                 pipe.hset(state_key(schema), mapping=mapping)
+                # The other ingest processes see the same devices (shared subscription): they adopt it.
+                pipe.publish(f"{schema}{STATE_CHANNEL_SUFFIX}", orjson.dumps({"origin": self.origin, "states": mapping}))
             pipe.execute()
         except Exception as exc:  # the state stays in memory; the next change writes it again
             logger.warning("rule states not stored in Redis", extra={"error": str(exc)[:300]})

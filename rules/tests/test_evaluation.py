@@ -356,3 +356,22 @@ def test_backtest_agrees_with_the_windowed_evaluator(alpha):
             replayed.append((CLEAR, rule.pk, interval.cleared_at.timestamp(), round(interval.clear_value, 9)))
     assert len(live) >= 4
     assert replayed == live
+
+
+def test_a_second_process_adopts_the_state_another_one_published(alpha, plant):
+    import orjson
+
+    device = plant.devices[0]
+    rule = make_rule("alpha", type="threshold", target_kind="device", target_device=device,
+                     condition={"metric": "temperature", "op": "gt", "value": 80})  # fmt: skip
+    first, second = Hook(), Hook()  # two ingest processes sharing the stream
+    metric = plant.metric_ids["temperature"]
+    start = base_time()
+    assert kinds(first.feed(series(device, metric, start, [90]))) == [(FIRE, 90.0)]
+    packed = first.evaluator._tenants["alpha"].states[(rule.pk, device.pk)].pack()
+    # what the first one's writer publishes on alpha:rules:state; the second one's listener adopts it
+    second.evaluator._adopt("alpha", orjson.dumps({"origin": first.evaluator.origin, "states": {f"{rule.pk}:{device.pk}": packed}}))
+    assert kinds(second.feed(series(device, metric, start + timedelta(seconds=1), [70]))) == [(CLEAR, 70.0)]
+    # its own messages are ignored
+    second.evaluator._adopt("alpha", orjson.dumps({"origin": second.evaluator.origin, "states": {f"{rule.pk}:{device.pk}": packed}}))
+    assert second.evaluator._tenants["alpha"].states[(rule.pk, device.pk)].firing is False
