@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db.models import Aggregate, Avg, Count, F, FloatField, Func, Max, Q, QuerySet
+from django.db.models import Aggregate, Avg, Case, Count, F, FloatField, Func, IntegerField, Max, Q, QuerySet, Value, When
 
-from alerting.choices import Severity
+from alerting.choices import SEVERITY_RANK, Severity
 from alerting.models import Alert, AlertEvent, AlertState, NotificationChannel, NotificationDelivery
 
 
 def alerts() -> QuerySet[Alert]:
-    """Alerts with the users who acknowledged/resolved them: one query for a page."""
-    return Alert.objects.select_related("acknowledged_by", "resolved_by")
+    """Alerts with the users who acknowledged/resolved them: one query for a page.
+    `severity_rank` orders by severity (0 = critical, the most severe)."""
+    rank = Case(*[When(severity=severity, then=Value(n)) for severity, n in SEVERITY_RANK.items()], output_field=IntegerField())
+    return Alert.objects.select_related("acknowledged_by", "resolved_by").annotate(severity_rank=rank)
 
 
 def alert_timeline(alert: Alert) -> QuerySet[AlertEvent]:

@@ -10,6 +10,7 @@ live push) with `transaction.on_commit`, so nothing leaves the process for a cha
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import secrets
 from collections.abc import Sequence
@@ -141,6 +142,17 @@ def _push_live(schema: str, message: dict[str, Any]) -> None:
         logger.warning("live alert push failed", extra={"schema": schema}, exc_info=True)
 
 
+LIVE_DETAILS_MAX_BYTES = 4096
+
+
+def _live_summary(alert: Alert) -> AlertSummary:
+    """The summary dashboards get; large `details` stay out of the channel layer (fetch the alert)."""
+    summary = alert_summary(alert, base_url="")
+    if len(json.dumps(summary["details"], default=str)) > LIVE_DETAILS_MAX_BYTES:
+        summary["details"] = {"truncated": True}
+    return summary
+
+
 def _record_event(
     alert: Alert, kind: str, *, actor: User | None = None, text: str = "", data: dict[str, Any] | None = None, at: datetime | None = None
 ) -> AlertEvent:
@@ -164,7 +176,7 @@ def _record_event(
             "actor": event.actor_email or None,
             "text": text,
             "data": event.data,
-            "alert": alert_summary(alert, base_url=""),
+            "alert": _live_summary(alert),
         },
     }
     transaction.on_commit(lambda: _push_live(schema, message), robust=True)

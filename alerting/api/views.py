@@ -65,7 +65,8 @@ class AlertViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
     serializer_class = AlertSerializer
     filterset_class = AlertFilter
     search_fields = ["rule_name", "device_uid", "message"]
-    ordering_fields = ["first_seen_at", "last_seen_at", "severity", "count", "state"]
+    # `severity_rank`: most severe first when ascending (`severity` sorts by name).
+    ordering_fields = ["first_seen_at", "last_seen_at", "severity", "severity_rank", "count", "state"]
     required_permissions = {
         "list": "alerts:read",
         "stats": "alerts:read",

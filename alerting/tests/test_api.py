@@ -6,6 +6,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django_tenants.utils import schema_context
@@ -335,3 +337,22 @@ def test_stats_are_per_tenant(alpha, beta, device):
     assert alpha.client("viewer").get("/api/v1/alerts/stats", {"rule": 590}).json()["total"] == 1
     assert beta.client("viewer").get("/api/v1/alerts/stats", {"rule": 590}).json()["total"] == 0
     assert alpha.client().get("/api/v1/alerts/stats").status_code == 401
+
+
+def test_ordering_by_severity_rank_puts_critical_first(alpha, device):
+    made = {severity: make_alert("alpha", rule_id=600, device=make_device("alpha"), severity=severity) for severity in ("info", "critical", "minor")}
+    rows = alpha.client("viewer").get("/api/v1/alerts", {"rule": 600, "ordering": "severity_rank"}).json()["results"]
+    assert [row["id"] for row in rows] == [made["critical"].pk, made["minor"].pk, made["info"].pk]
+
+
+def test_live_events_leave_large_details_out(alpha, device, django_capture_on_commit_callbacks):
+    layer = get_channel_layer()
+    name = async_to_sync(layer.new_channel)()
+    async_to_sync(layer.group_add)("alpha.alerts", name)
+    try:
+        with schema_context("alpha"), django_capture_on_commit_callbacks(execute=True):
+            fire("alpha", rule_id=610, device=device, details={"blob": "x" * 10_000})
+        message = async_to_sync(layer.receive)(name)
+        assert message["event"]["alert"]["details"] == {"truncated": True}
+    finally:
+        async_to_sync(layer.group_discard)("alpha.alerts", name)
