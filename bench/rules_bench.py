@@ -11,7 +11,9 @@ rule on its temperature (never met by the load: values 20-30), plus one rule on 
 (b) the same with the rules -> ingest_with_rules_vs_without = (b) / (a);
 (c) at 10,000 msg/s (quick: 5,000) of background load the probe publishes every 100 ms,
     alternately 150 (fires: a new alert) and 20 (clears it); a poller reads the newest alert of
-    the probe's rule -> publish-to-alert-stored alert_latency_p50_ms / alert_latency_p99_ms.
+    the probe's rule -> publish-to-alert-stored alert_latency_p50_ms / alert_latency_p99_ms;
+(d) one statistical rule per device added: one windowed evaluation of the tenant -> windowed_eval_ms
+    (must stay well under RULES_WINDOW_INTERVAL_S).
 Reuses bench/run.py's and bench/loadgen.py's helpers (imported, not copied). `run(quick)` runs
 all this in a child process (its own Django settings) and returns the figures.
 """
@@ -163,6 +165,7 @@ def _measure(quick: bool, results: dict, errors: dict) -> None:
             results["ingest_points_per_s_with_rules"] = round(with_rules)
             results["ingest_with_rules_vs_without"] = round(with_rules / without, 3) if without else None
             results.update(_latency(broker, devices, probe, rule_id, latency_rate, latency_s))
+            results.update(_windowed(probe_id))
         except Exception as exc:  # noqa: BLE001
             errors["rules"] = repr(exc)
             traceback.print_exc()
@@ -170,6 +173,31 @@ def _measure(quick: bool, results: dict, errors: dict) -> None:
             print("ingest log tail:\n  " + "\n  ".join(tail), file=sys.stderr)
         finally:
             bench_run.stop(ingest, timeout=15)
+
+
+def _windowed(probe_id: int) -> dict:
+    """One statistical rule per device (avg over 60 s) on top: time of one windowed evaluation of
+    the tenant (one SQL statement over the points the load just stored), median of 3."""
+    from django_tenants.utils import schema_context
+
+    from devices.models import Device
+    from rules import services
+    from rules.models import Rule
+
+    with schema_context("bench"):
+        Rule.objects.bulk_create([
+            Rule(name=f"avg {pk}", type="statistical", severity="minor", target_kind="device", target_device_id=pk,
+                 condition={"metric": "temperature", "window_s": 60, "aggregate": "avg", "percentile": None, "op": "gt",
+                            "value": 1000.0, "clear_value": None, "min_points": 1},
+                 actions={"raise_alert": True, "channel_ids": [], "command": None})
+            for pk in Device.objects.values_list("pk", flat=True)
+        ])  # fmt: skip
+    timings, series = [], 0
+    for _ in range(3):
+        run = services.evaluate_windowed_rules(schema="bench")
+        timings.append(run.seconds * 1000)
+        series = run.series
+    return {"windowed_eval_ms": round(statistics.median(timings), 1), "windowed_series": series}
 
 
 def _latency(broker, devices, probe, rule_id: int, rate: float, duration: float) -> dict:
