@@ -186,3 +186,38 @@ def test_same_plant_in_two_tenants_stays_apart(alpha, beta):
               condition={"metric": "temperature", "op": "gt", "value": 1})  # fmt: skip
     assert "beta-rule" not in [r["name"] for r in alpha.client("admin").get("/api/v1/rules").json()["results"]]
     assert a.devices[0].pk is not None
+
+
+def test_backtest_endpoints_return_fire_and_clear_intervals(alpha, plant):
+    from datetime import timedelta
+
+    from rules.tests.conftest import base_time, write_points
+
+    device = plant.devices[0]
+    metric = plant.metric_ids["temperature"]
+    start = base_time()
+    values = [70, 85, 90, 72, 70, 88]
+    write_points("alpha", [(device.pk, metric, start + timedelta(seconds=i * 10), float(v)) for i, v in enumerate(values)])
+    rule = make_rule("alpha", name="bt-data", type="threshold", target_kind="device", target_device=device,
+                     condition={"metric": "temperature", "op": "gt", "value": 80, "clear_value": 75})  # fmt: skip
+    api = alpha.client("developer")
+    query = f"start={(start - timedelta(seconds=1)).isoformat().replace('+00:00', 'Z')}&end={(start + timedelta(minutes=2)).isoformat().replace('+00:00', 'Z')}"
+    saved = api.post(f"/api/v1/rules/{rule.pk}/backtest?{query}")
+    assert saved.status_code == 200, saved.content
+    body = saved.json()
+    assert (body["rule_id"], body["fired"], body["points"], body["devices"]) == (rule.pk, 2, 6, 1)
+    first, second = body["intervals"]
+    assert (first["device_uid"], first["fire_value"], first["clear_value"]) == (device.uid, 85.0, 72.0)
+    assert (second["fire_value"], second["cleared_at"]) == (88.0, None)
+    unsaved = api.post(f"/api/v1/rules/backtest?{query}", {
+        "type": "threshold", "target_kind": "device", "target_device": device.pk,
+        "condition": {"metric": "temperature", "op": "gt", "value": 80},
+    }, format="json")  # fmt: skip
+    assert unsaved.status_code == 200, unsaved.content
+    assert [(i["fire_value"], i["clear_value"]) for i in unsaved.json()["intervals"]] == [(85.0, 72.0), (88.0, None)]
+
+
+def test_windowed_beat_task_evaluates_every_tenant(alpha, beta):
+    from rules import tasks
+
+    assert isinstance(tasks.evaluate_windowed(scheduled_at=None), dict)
