@@ -356,3 +356,19 @@ def test_live_events_leave_large_details_out(alpha, device, django_capture_on_co
         assert message["event"]["alert"]["details"] == {"truncated": True}
     finally:
         async_to_sync(layer.group_discard)("alpha.alerts", name)
+
+
+def test_channel_and_delivery_lists_have_fixed_query_counts(alpha, device):
+    channels = [make_channel("alpha", "live") for _ in range(3)]
+    for channel in channels:
+        fire("alpha", device=device, channel_ids=[channel.pk])
+        fire("alpha", device=device, channel_ids=[channels[0].pk])
+    api = alpha.client("operator")
+    api.get("/api/v1/notification-channels")  # warm-up
+    counts = []
+    for size in (1, 50):
+        with CaptureQueriesContext(connection) as queries:
+            assert api.get("/api/v1/notification-channels", {"page_size": size}).status_code == 200
+            assert api.get(f"/api/v1/notification-channels/{channels[0].pk}/deliveries", {"page_size": size}).status_code == 200
+        counts.append(len(queries))
+    assert counts[0] == counts[1]
