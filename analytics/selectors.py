@@ -44,6 +44,13 @@ _SQUARE = sql.SQL(
 )
 
 
+def square(expression: sql.Composable) -> sql.Composed:
+    """expression^2 without PostgreSQL's float underflow/overflow errors (0 / Infinity instead)."""
+    return sql.SQL(
+        "(CASE WHEN abs({e}) < 1e-154 THEN 0::float8 WHEN abs({e}) >= 1e154 THEN 'Infinity'::float8 ELSE ({e}) * ({e}) END)"
+    ).format(e=expression)
+
+
 def choose_level(start: datetime, end: datetime, resolution: str = "auto") -> Level:
     level = RESOLUTIONS[resolution]
     if level is not None:
@@ -154,11 +161,17 @@ def summary(spec: SeriesSpec, *, percentiles: bool = True) -> Summary:
         t AS (SELECT sum(n) AS total, sum(s) / sum(n) AS mean FROM b)
         SELECT t.total, count(*), t.mean,
                CASE WHEN t.total > 1 THEN
-                 (sum(GREATEST(b.ss - b.s * b.s / b.n, 0)) + sum(b.n * (b.value - t.mean) * (b.value - t.mean))) / (t.total - 1)
+                 ({within} + sum(b.n * {between})) / (t.total - 1)
                END,
                min(b.lo), max(b.hi), {percentiles}
         FROM b CROSS JOIN t GROUP BY t.total, t.mean"""
-    ).format(series=series, percentiles=percentile_sql)
+    ).format(
+        series=series,
+        percentiles=percentile_sql,
+        # raw points: one point per row, nothing within a row
+        within=sql.SQL("0") if spec.level is RAW else sql.SQL("sum(GREATEST(b.ss - {} / b.n, 0))").format(square(sql.SQL("b.s"))),
+        between=square(sql.SQL("b.value - t.mean")),
+    )
     row = _fetchone(statement, params)
     if row is None:
         return Summary(count=0, buckets=0, mean=None, variance=None, min=None, max=None, percentiles={})
@@ -200,7 +213,9 @@ def regression(spec: SeriesSpec, *, residuals: bool = False, step: bool = False)
     series, params = series_sql(spec)
     x = sql.SQL("(extract(epoch FROM b.ts - {start}::timestamptz)::float8 / 60.0)").format(start=sql.Literal(spec.start))
     sse = (
-        sql.SQL("(SELECT sum(power(b.value - (f.avgy + f.sxy / f.sxx * ({x} - f.avgx)), 2)) FROM b WHERE f.sxx > 0)").format(x=x)
+        sql.SQL("(SELECT sum({}) FROM b WHERE f.sxx > 0)").format(
+            square(sql.SQL("b.value - (f.avgy + f.sxy / f.sxx * ({x} - f.avgx))").format(x=x))
+        )
         if residuals
         else sql.SQL("NULL::float8")
     )

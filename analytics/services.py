@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import numpy as np
 from django.core.exceptions import ValidationError
-from scipy import stats
+from scipy import special, stats
 
 from analytics import selectors
 from analytics.selectors import SeriesSpec, choose_level
@@ -242,13 +242,22 @@ def cohen_strength(r: float | None) -> str:
 
 
 def pearson(x: np.ndarray, y: np.ndarray) -> tuple[float | None, float | None]:
-    """Pearson r and its two-sided p-value (scipy), None when undefined (fewer than 3, or constant)."""
-    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+    """Pearson r and its two-sided p-value, computed as scipy.stats.pearsonr does (centred,
+    normalised vectors; p from the beta distribution of r under independence), None when
+    undefined (fewer than 3 pairs, or a constant series). Inline rather than calling pearsonr
+    because a matrix of 20 series is 190 pairs and pearsonr's input checks dominate its cost."""
+    n = len(x)
+    if n < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
         return None, None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        result = stats.pearsonr(x, y)
-    return _finite(float(result.statistic)), _finite(float(result.pvalue))
+    xm, ym = x - x.mean(), y - y.mean()
+    xmax, ymax = np.max(np.abs(xm)), np.max(np.abs(ym))
+    normx, normy = xmax * np.linalg.norm(xm / xmax), ymax * np.linalg.norm(ym / ymax)
+    if normx == 0 or normy == 0:
+        return None, None
+    r = float(np.clip(np.dot(xm / normx, ym / normy), -1.0, 1.0))
+    ab = n / 2 - 1
+    p_value = float(2 * special.betaincc(ab, ab, (abs(r) + 1) / 2))
+    return _finite(r), _finite(p_value)
 
 
 def correlation_bucket_seconds(start: datetime, end: datetime, requested: int | None) -> int:
@@ -283,19 +292,25 @@ def correlation(
     by_device: dict[int, list[MetricRef]] = {}
     for device_id, metric in series:
         by_device.setdefault(device_id, []).append(metric)
-    columns: list[dict[float, float]] = []
-    values: dict[tuple[int, int], dict[float, float]] = {}
+    by_key: dict[tuple[int, int], list[tuple[datetime, float]]] = {}
     for device_id, metrics in by_device.items():
         _level, points = telemetry_selectors.bucketed_series(
             schema, device_id, [metric.id for metric in metrics], start, end, width, "avg"
         )
         for metric in metrics:
-            values[(device_id, metric.id)] = {ts.timestamp(): value for ts, value in points.get(metric.id, [])}
-    columns = [values[(device_id, metric.id)] for device_id, metric in series]
-    fewest = min(len(column) for column in columns)
+            by_key[(device_id, metric.id)] = points.get(metric.id, [])
+    # One row per series on the common grid (NaN where a series has no data in a bucket).
+    grid = sorted({ts for rows in by_key.values() for ts, _value in rows})
+    position = {ts: index for index, ts in enumerate(grid)}
+    matrix_values = np.full((len(series), len(grid)), np.nan)
+    for row, (device_id, metric) in enumerate(series):
+        for ts, value in by_key[(device_id, metric.id)]:
+            matrix_values[row, position[ts]] = value
+    present = ~np.isnan(matrix_values)
+    counts = present.sum(axis=1)
+    fewest = int(counts.min())
     if fewest < MIN_POINTS["correlation"]:
-        index = [len(column) for column in columns].index(fewest)
-        device_id, metric = series[index]
+        device_id, metric = series[int(counts.argmin())]
         raise InsufficientData(
             needed=MIN_POINTS["correlation"],
             found=fewest,
@@ -306,19 +321,18 @@ def correlation(
     matrix: list[list[float | None]] = [[None] * size for _ in range(size)]
     pairs = []
     for i in range(size):
-        matrix[i][i] = 1.0 if len(columns[i]) >= 2 and np.ptp(list(columns[i].values())) > 0 else None
+        own = matrix_values[i, present[i]]
+        matrix[i][i] = 1.0 if np.ptp(own) > 0 else None
         for j in range(i + 1, size):
-            common = sorted(columns[i].keys() & columns[j].keys())
-            x = np.array([columns[i][ts] for ts in common])
-            y = np.array([columns[j][ts] for ts in common])
-            r, p_value = pearson(x, y)
+            both = present[i] & present[j]
+            r, p_value = pearson(matrix_values[i, both], matrix_values[j, both])
             matrix[i][j] = matrix[j][i] = r
             pairs.append(
                 {
                     "a": {"device": series[i][0], "metric": series[i][1].name},
                     "b": {"device": series[j][0], "metric": series[j][1].name},
                     "r": r,
-                    "n": len(common),
+                    "n": int(both.sum()),
                     "p_value": p_value,
                     "strength": cohen_strength(r),
                     "direction": "undefined" if r is None else ("positive" if r > 0 else "negative" if r < 0 else "none"),
@@ -329,7 +343,7 @@ def correlation(
         "resolution": width,
         "bucket_seconds": width,
         "series": [
-            {"device": device_id, "metric": metric.name, "unit": metric.unit, "buckets": len(columns[index])}
+            {"device": device_id, "metric": metric.name, "unit": metric.unit, "buckets": int(counts[index])}
             for index, (device_id, metric) in enumerate(series)
         ],
         "matrix": matrix,
