@@ -204,25 +204,29 @@ def write_states(client, schema: str, states: dict[tuple[int, int], SeriesState]
 
 # --- Windowed evaluation ---------------------------------------------------------------------------------
 
+# Sorting aggregates (percentile, first/last value) only for the pairs whose rule needs them:
+# FILTER keeps the other groups' rows out of their sorts.
 _WINDOW_SQL = """
 WITH t AS (
-    SELECT * FROM unnest(%(keys)s::int[], %(devices)s::int[], %(metrics)s::int[], %(windows)s::float8[], %(fractions)s::float8[])
-        AS t(k, device_id, metric_id, window_s, fraction)
+    SELECT * FROM unnest(%(keys)s::int[], %(devices)s::int[], %(metrics)s::int[], %(windows)s::float8[], %(fractions)s::float8[],
+                         %(edges)s::bool[])
+        AS t(k, device_id, metric_id, window_s, fraction, edges)
 )
 SELECT t.k, count(p.value), avg(p.value), min(p.value), max(p.value), stddev_samp(p.value),
-       percentile_cont(t.fraction) WITHIN GROUP (ORDER BY p.value),
-       (array_agg(p.value ORDER BY p.ts))[1], extract(epoch FROM min(p.ts)),
-       (array_agg(p.value ORDER BY p.ts DESC))[1], extract(epoch FROM max(p.ts)),
+       percentile_cont(t.fraction) WITHIN GROUP (ORDER BY p.value) FILTER (WHERE t.fraction IS NOT NULL),
+       array_agg(p.value ORDER BY p.ts) FILTER (WHERE t.edges), extract(epoch FROM min(p.ts)),
+       array_agg(p.value ORDER BY p.ts DESC) FILTER (WHERE t.edges), extract(epoch FROM max(p.ts)),
        sum(p.value), sum(p.value * p.value)
 FROM t JOIN {point} p
   ON p.device_id = t.device_id AND p.metric_id = t.metric_id
  AND p.ts > %(now)s - make_interval(secs => t.window_s) AND p.ts <= %(now)s
-GROUP BY t.k, t.fraction
+GROUP BY t.k, t.fraction, t.edges
 """
 
 
-def window_stats_sql(schema: str, pairs: list[tuple[int, int, int, float, float | None]], now: datetime) -> dict[int, WindowStats]:
-    """Aggregates for many (key, device, metric, window_s, percentile) at once: one statement."""
+def window_stats_sql(schema: str, pairs: list[tuple[int, int, int, float, float | None, bool]], now: datetime) -> dict[int, WindowStats]:
+    """Aggregates for many (key, device, metric, window_s, percentile or None, first/last needed)
+    at once: one statement."""
     from telemetry.storage import POINT_TABLE
 
     if not pairs:
@@ -230,12 +234,14 @@ def window_stats_sql(schema: str, pairs: list[tuple[int, int, int, float, float 
     statement = sql.SQL(_WINDOW_SQL).format(point=sql.Identifier(schema, POINT_TABLE)).as_string(connection.connection)
     params = {
         "keys": [p[0] for p in pairs], "devices": [p[1] for p in pairs], "metrics": [p[2] for p in pairs],
-        "windows": [float(p[3]) for p in pairs], "fractions": [(p[4] if p[4] is not None else 50.0) / 100 for p in pairs], "now": now,
+        "windows": [float(p[3]) for p in pairs], "fractions": [p[4] / 100 if p[4] is not None else None for p in pairs],
+        "edges": [p[5] for p in pairs], "now": now,
     }  # fmt: skip
     out: dict[int, WindowStats] = {}
     with connection.cursor() as cursor:
         cursor.execute(statement, params)
-        for k, count, avg, low, high, stddev, pct, first, first_ts, last, last_ts, total, total_sq in cursor.fetchall():
+        for k, count, avg, low, high, stddev, pct, firsts, first_ts, lasts, last_ts, total, total_sq in cursor.fetchall():
+            first, last = (firsts[0] if firsts else None), (lasts[0] if lasts else None)
             out[k] = WindowStats(
                 count=count, avg=avg, min=low, max=high, stddev=stddev, percentile=pct, first=first,
                 first_ts=float(first_ts) if first_ts is not None else None, last=last,
@@ -279,7 +285,9 @@ def _evaluate_windowed(*, schema: str, now: datetime, redis, apply: bool) -> tup
                 pairs.append((compiled, device.id, row))
         run.series = len(pairs)
         stats_pairs = [
-            (index, device_id, rule.metric_id, rule.condition["window_s"], rule.condition.get("percentile"))
+            (index, device_id, rule.metric_id, rule.condition["window_s"],
+             rule.condition.get("percentile") if rule.condition.get("aggregate") == "percentile" else None,
+             rule.type in (RuleType.RATE_OF_CHANGE, RuleType.ZSCORE))
             for index, (rule, device_id, _) in enumerate(pairs)
             if rule.type != RuleType.NO_DATA and rule.metric_id is not None
         ]
