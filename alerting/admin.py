@@ -32,7 +32,17 @@ class AlertEventInline(admin.TabularInline):
 
 @admin.register(Alert)
 class AlertAdmin(TenantHostOnlyAdminMixin, admin.ModelAdmin):
-    list_display = ["id", "rule_name", "device_uid", "severity", "state", "count", "first_seen_at", "last_seen_at", "auto_resolved"]
+    list_display = [
+        "id",
+        "rule_name",
+        "device_uid",
+        "severity",
+        "state",
+        "count",
+        "first_seen_at",
+        "last_seen_at",
+        "auto_resolved",
+    ]
     list_filter = ["state", "severity", "auto_resolved"]
     search_fields = ["rule_name", "device_uid", "message"]
     date_hierarchy = "first_seen_at"

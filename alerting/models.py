@@ -111,7 +111,9 @@ class Alert(models.Model):
         ]
         constraints = [
             models.UniqueConstraint(
-                fields=["fingerprint"], condition=Q(state__in=["triggered", "acknowledged"]), name="alert_one_open_per_fingerprint"
+                fields=["fingerprint"],
+                condition=Q(state__in=["triggered", "acknowledged"]),
+                name="alert_one_open_per_fingerprint",
             ),
             models.CheckConstraint(
                 name="alert_state_timestamps",
@@ -119,7 +121,9 @@ class Alert(models.Model):
                 | Q(state="acknowledged", acknowledged_at__isnull=False, resolved_at__isnull=True)
                 | Q(state="resolved", resolved_at__isnull=False),
             ),
-            models.CheckConstraint(name="alert_auto_resolved_is_resolved", condition=Q(auto_resolved=False) | Q(state="resolved")),
+            models.CheckConstraint(
+                name="alert_auto_resolved_is_resolved", condition=Q(auto_resolved=False) | Q(state="resolved")
+            ),
             models.CheckConstraint(name="alert_count_positive", condition=Q(count__gte=1)),
             models.CheckConstraint(name="alert_seen_ordered", condition=Q(first_seen_at__lte=models.F("last_seen_at"))),
         ]

@@ -121,7 +121,9 @@ class EmailNotifier:
             subject = f"[{prefix}] Test notification from channel {channel.name}"
         else:
             where = f" on {alert['device_uid']}" if alert.get("device_uid") else ""
-            subject = f"[{prefix} {context['severity_label']}] {alert.get('rule_name') or 'Alert'}{where}: {alert.get('message', '')}"
+            subject = (
+                f"[{prefix} {context['severity_label']}] {alert.get('rule_name') or 'Alert'}{where}: {alert.get('message', '')}"
+            )
         subject = " ".join(subject.split())[:250]
         text = render_to_string("alerting/email/alert.txt", context)
         html = render_to_string("alerting/email/alert.html", context)
@@ -151,7 +153,9 @@ class EmailNotifier:
             ) from exc
         except (smtplib.SMTPException, OSError) as exc:
             raise DeliveryFailed(f"SMTP delivery failed: {exc}", retryable=True) from exc
-        return DeliveryResult(response_code=250 if sent else None, response_excerpt=f"accepted for {len(message.to)} recipient(s)")
+        return DeliveryResult(
+            response_code=250 if sent else None, response_excerpt=f"accepted for {len(message.to)} recipient(s)"
+        )
 
 
 class WebhookNotifier:
@@ -181,7 +185,8 @@ class WebhookNotifier:
         body = json.dumps(envelope.payload, separators=(",", ":"), sort_keys=True, default=str).encode()
         if len(body) > settings.WEBHOOK_MAX_PAYLOAD_BYTES:
             raise DeliveryFailed(
-                f"Payload of {len(body)} bytes is over the {settings.WEBHOOK_MAX_PAYLOAD_BYTES}-byte cap; not sent.", retryable=False
+                f"Payload of {len(body)} bytes is over the {settings.WEBHOOK_MAX_PAYLOAD_BYTES}-byte cap; not sent.",
+                retryable=False,
             )
         url = channel.config["url"]
         try:

@@ -72,5 +72,8 @@ def alert_stats(queryset: QuerySet[Alert]) -> dict[str, Any]:
             "count": figures["acknowledged"],
             **{key: figures[f"tta_{key}"] for key in ("mean", "p50", "p90", "max")},
         },
-        "time_to_resolve_s": {"count": figures["resolved"], **{key: figures[f"ttr_{key}"] for key in ("mean", "p50", "p90", "max")}},
+        "time_to_resolve_s": {
+            "count": figures["resolved"],
+            **{key: figures[f"ttr_{key}"] for key in ("mean", "p50", "p90", "max")},
+        },
     }

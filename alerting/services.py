@@ -87,7 +87,11 @@ def _iso(value: datetime | None) -> str | None:
 def _base_url() -> str:
     from tenants.models import Domain
 
-    domain = Domain.objects.filter(tenant__schema_name=connection.schema_name, is_primary=True).values_list("domain", flat=True).first()
+    domain = (
+        Domain.objects.filter(tenant__schema_name=connection.schema_name, is_primary=True)
+        .values_list("domain", flat=True)
+        .first()
+    )
     return f"{settings.ALERT_LINK_SCHEME}://{domain}" if domain else ""
 
 
@@ -154,7 +158,13 @@ def _live_summary(alert: Alert) -> AlertSummary:
 
 
 def _record_event(
-    alert: Alert, kind: str, *, actor: User | None = None, text: str = "", data: dict[str, Any] | None = None, at: datetime | None = None
+    alert: Alert,
+    kind: str,
+    *,
+    actor: User | None = None,
+    text: str = "",
+    data: dict[str, Any] | None = None,
+    at: datetime | None = None,
 ) -> AlertEvent:
     actor_is_user = actor is not None and getattr(actor, "pk", None) is not None
     event = AlertEvent.objects.create(
@@ -260,7 +270,9 @@ def raise_alert(
         if alert is None:
             from devices.models import Device
 
-            device_uid = Device.objects.filter(pk=device_id).values_list("uid", flat=True).first() if device_id is not None else None
+            device_uid = (
+                Device.objects.filter(pk=device_id).values_list("uid", flat=True).first() if device_id is not None else None
+            )
             try:
                 with transaction.atomic():  # savepoint: a racing opener wins, we fold into its alert
                     alert = Alert.objects.create(
@@ -306,7 +318,11 @@ def raise_alert(
         alert.save(update_fields=fields)
         if escalated_from:
             _record_event(
-                alert, AlertEventKind.ESCALATED, actor=actor, text=message, data={"from": escalated_from, "to": severity, "value": value}
+                alert,
+                AlertEventKind.ESCALATED,
+                actor=actor,
+                text=message,
+                data={"from": escalated_from, "to": severity, "value": value},
             )
             _notify(alert, "escalated", channel_ids)
         elif log_repeat:
@@ -314,11 +330,17 @@ def raise_alert(
         return alert, False
 
 
-def clear_alert(*, rule_id: int | None, device_id: int | None, observed_at: datetime, value: float | None = None, actor=None) -> Alert | None:
+def clear_alert(
+    *, rule_id: int | None, device_id: int | None, observed_at: datetime, value: float | None = None, actor=None
+) -> Alert | None:
     """Auto-resolve the open alert of that fingerprint (recorded as auto-resolved in its
     timeline); None when none is open."""
     with transaction.atomic():
-        alert = Alert.objects.select_for_update().filter(fingerprint=alert_fingerprint(rule_id, device_id), state__in=OPEN_STATES).first()
+        alert = (
+            Alert.objects.select_for_update()
+            .filter(fingerprint=alert_fingerprint(rule_id, device_id), state__in=OPEN_STATES)
+            .first()
+        )
         if alert is None:
             return None
         previous = alert.state
@@ -326,7 +348,9 @@ def clear_alert(*, rule_id: int | None, device_id: int | None, observed_at: date
         alert.resolved_at = max(observed_at, alert.first_seen_at)
         alert.auto_resolved = True
         alert.save(update_fields=["state", "resolved_at", "auto_resolved", "updated_at"])
-        _record_event(alert, AlertEventKind.AUTO_RESOLVED, actor=actor, data={"value": value, "from": previous}, at=alert.resolved_at)
+        _record_event(
+            alert, AlertEventKind.AUTO_RESOLVED, actor=actor, data={"value": value, "from": previous}, at=alert.resolved_at
+        )
         return alert
 
 
@@ -360,7 +384,9 @@ def acknowledge_alert(*, actor: User | None, client: ClientInfo | None, alert_id
     alert.acknowledged_by = actor if getattr(actor, "pk", None) else None
     alert.save(update_fields=["state", "acknowledged_at", "acknowledged_by", "updated_at"])
     _record_event(alert, AlertEventKind.ACKNOWLEDGED, actor=actor, text=note, at=alert.acknowledged_at)
-    record_audit("alert.acknowledge", actor=actor, client=client, target=alert, changes=diff({"state": previous}, {"state": alert.state}))
+    record_audit(
+        "alert.acknowledge", actor=actor, client=client, target=alert, changes=diff({"state": previous}, {"state": alert.state})
+    )
     return alert, True
 
 
@@ -378,7 +404,9 @@ def resolve_alert(*, actor: User | None, client: ClientInfo | None, alert_id: in
     alert.resolved_by = actor if getattr(actor, "pk", None) else None
     alert.save(update_fields=["state", "resolved_at", "resolved_by", "updated_at"])
     _record_event(alert, AlertEventKind.RESOLVED, actor=actor, text=note, at=alert.resolved_at)
-    record_audit("alert.resolve", actor=actor, client=client, target=alert, changes=diff({"state": previous}, {"state": alert.state}))
+    record_audit(
+        "alert.resolve", actor=actor, client=client, target=alert, changes=diff({"state": previous}, {"state": alert.state})
+    )
     return alert, True
 
 
@@ -415,12 +443,16 @@ def create_channel(*, actor: User | None, client: ClientInfo | None, **fields: A
     secret = _new_secret() if channel.kind == ChannelKind.WEBHOOK else None
     channel.secret = secret or ""
     channel.save()
-    record_audit("notification_channel.create", actor=actor, client=client, target=channel, changes=diff({}, _channel_snapshot(channel)))
+    record_audit(
+        "notification_channel.create", actor=actor, client=client, target=channel, changes=diff({}, _channel_snapshot(channel))
+    )
     return channel, secret
 
 
 @transaction.atomic
-def update_channel(*, actor: User | None, client: ClientInfo | None, channel: NotificationChannel, **fields: Any) -> NotificationChannel:
+def update_channel(
+    *, actor: User | None, client: ClientInfo | None, channel: NotificationChannel, **fields: Any
+) -> NotificationChannel:
     channel = NotificationChannel.objects.select_for_update().get(pk=channel.pk)
     before = _channel_snapshot(channel)
     if "kind" in fields and fields["kind"] != channel.kind:
@@ -430,7 +462,13 @@ def update_channel(*, actor: User | None, client: ClientInfo | None, channel: No
             setattr(channel, key, value)
     channel.full_clean()
     channel.save()
-    record_audit("notification_channel.update", actor=actor, client=client, target=channel, changes=diff(before, _channel_snapshot(channel)))
+    record_audit(
+        "notification_channel.update",
+        actor=actor,
+        client=client,
+        target=channel,
+        changes=diff(before, _channel_snapshot(channel)),
+    )
     return channel
 
 
@@ -448,12 +486,16 @@ def rotate_channel_secret(*, actor: User | None, client: ClientInfo | None, chan
 @transaction.atomic
 def delete_channel(*, actor: User | None, client: ClientInfo | None, channel: NotificationChannel) -> None:
     channel = NotificationChannel.objects.select_for_update().get(pk=channel.pk)
-    record_audit("notification_channel.delete", actor=actor, client=client, target=channel, changes=diff(_channel_snapshot(channel), {}))
+    record_audit(
+        "notification_channel.delete", actor=actor, client=client, target=channel, changes=diff(_channel_snapshot(channel), {})
+    )
     channel.delete()
 
 
 @transaction.atomic
-def send_test_notification(*, actor: User | None, client: ClientInfo | None, channel: NotificationChannel) -> NotificationDelivery:
+def send_test_notification(
+    *, actor: User | None, client: ClientInfo | None, channel: NotificationChannel
+) -> NotificationDelivery:
     """A test message through the channel (enabled or not), delivered by the same task as alerts."""
     payload = {
         "event": "test",
@@ -490,7 +532,6 @@ def requeue_stale_deliveries(*, schema: str, now: datetime) -> int:
     return len(stale)
 
 
-
 class RetryDelivery(Exception):
     """The attempt failed in a way that may pass later; the task retries with backoff."""
 
@@ -519,7 +560,9 @@ def attempt_delivery(*, delivery_pk: int, last_attempt: bool) -> AttemptOutcome 
             return _finish(delivery, DeliveryStatus.FAILED, error="The channel is disabled.")
         delivery.save(update_fields=["attempts", "last_attempt_at"])
     # The network call runs outside any transaction: no row stays locked while we wait.
-    envelope = Envelope(delivery_id=delivery.pk, event=delivery.payload.get("event", delivery.event_kind), payload=delivery.payload)
+    envelope = Envelope(
+        delivery_id=delivery.pk, event=delivery.payload.get("event", delivery.event_kind), payload=delivery.payload
+    )
     try:
         result = get_notifier(channel.kind).send(channel, envelope)
     except DeliveryFailed as failure:
@@ -536,7 +579,9 @@ def attempt_delivery(*, delivery_pk: int, last_attempt: bool) -> AttemptOutcome 
             raise RetryDelivery(failure.message) from failure
         return outcome
     with transaction.atomic():
-        return _finish(delivery, DeliveryStatus.SUCCEEDED, response_code=result.response_code, response_excerpt=result.response_excerpt)
+        return _finish(
+            delivery, DeliveryStatus.SUCCEEDED, response_code=result.response_code, response_excerpt=result.response_excerpt
+        )
 
 
 def _finish(
@@ -547,7 +592,9 @@ def _finish(
     delivery.response_code = response_code
     delivery.response_excerpt = (response_excerpt or "")[:2000]
     delivery.finished_at = timezone.now() if status in DELIVERY_FINAL else None
-    delivery.save(update_fields=["status", "attempts", "last_attempt_at", "error", "response_code", "response_excerpt", "finished_at"])
+    delivery.save(
+        update_fields=["status", "attempts", "last_attempt_at", "error", "response_code", "response_excerpt", "finished_at"]
+    )
     if delivery.alert_id is not None and status in DELIVERY_FINAL:
         alert = Alert.objects.filter(pk=delivery.alert_id).first()
         if alert is not None:

@@ -132,7 +132,9 @@ class NotificationChannelSerializer(ValidatedModelSerializer):
 
 
 class NotificationChannelWithSecretSerializer(NotificationChannelSerializer):
-    secret = serializers.CharField(read_only=True, allow_null=True, help_text="Webhook signing secret: shown only in this response.")
+    secret = serializers.CharField(
+        read_only=True, allow_null=True, help_text="Webhook signing secret: shown only in this response."
+    )
 
     class Meta(NotificationChannelSerializer.Meta):
         fields = [*NotificationChannelSerializer.Meta.fields, "secret"]
@@ -166,7 +168,9 @@ class NotificationDeliverySerializer(serializers.ModelSerializer):
 class ConflictErrorSerializer(serializers.Serializer):
     """409 body: the error shape plus the alert's current state."""
 
-    error = serializers.DictField(help_text='{"status": 409, "code": "alert_state_conflict", "message": ..., "state": "resolved"}')
+    error = serializers.DictField(
+        help_text='{"status": 409, "code": "alert_state_conflict", "message": ..., "state": "resolved"}'
+    )
     request_id = serializers.CharField()
 
 

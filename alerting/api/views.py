@@ -31,7 +31,9 @@ from iiot.api.errors import error_body
 from iiot.errors import ServiceConflict
 from iiot.request_context import ClientInfo
 
-CONFLICT = OpenApiResponse(ConflictErrorSerializer, description="Not allowed in the alert's current state (given in error.state).")
+CONFLICT = OpenApiResponse(
+    ConflictErrorSerializer, description="Not allowed in the alert's current state (given in error.state)."
+)
 
 
 class AlertFilter(django_filters.FilterSet):
@@ -41,7 +43,9 @@ class AlertFilter(django_filters.FilterSet):
     device = django_filters.NumberFilter(field_name="device_id")
     device_uid = django_filters.CharFilter(field_name="device_uid")
     rule = django_filters.NumberFilter(field_name="rule_id")
-    since = django_filters.IsoDateTimeFilter(method="filter_since", help_text="Alerts still firing at or after this time (ISO 8601).")
+    since = django_filters.IsoDateTimeFilter(
+        method="filter_since", help_text="Alerts still firing at or after this time (ISO 8601)."
+    )
     until = django_filters.IsoDateTimeFilter(method="filter_until", help_text="Alerts that started before this time (ISO 8601).")
 
     class Meta:
@@ -121,7 +125,9 @@ class AlertViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
         alert = self.get_object()
         serializer = TransitionSerializer(data=request.data or {})
         serializer.is_valid(raise_exception=True)
-        alert, changed = services.acknowledge_alert(actor=request.user, client=self._client(), alert_id=alert.pk, **serializer.validated_data)
+        alert, changed = services.acknowledge_alert(
+            actor=request.user, client=self._client(), alert_id=alert.pk, **serializer.validated_data
+        )
         return self._state(alert, changed)
 
     @extend_schema(request=TransitionSerializer, responses={200: AlertTransitionSerializer, 409: CONFLICT})
@@ -131,7 +137,9 @@ class AlertViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
         alert = self.get_object()
         serializer = TransitionSerializer(data=request.data or {})
         serializer.is_valid(raise_exception=True)
-        alert, changed = services.resolve_alert(actor=request.user, client=self._client(), alert_id=alert.pk, **serializer.validated_data)
+        alert, changed = services.resolve_alert(
+            actor=request.user, client=self._client(), alert_id=alert.pk, **serializer.validated_data
+        )
         return self._state(alert, changed)
 
     @extend_schema(responses={200: AlertEventSerializer(many=True)})
@@ -237,7 +245,9 @@ class NotificationChannelViewSet(viewsets.ModelViewSet):
         delivery = services.send_test_notification(actor=request.user, client=self._client(), channel=self.get_object())
         return Response(NotificationDeliverySerializer(delivery).data, status=status.HTTP_202_ACCEPTED)
 
-    @extend_schema(request=None, responses={200: ChannelSecretSerializer, 409: OpenApiResponse(description="Not a webhook channel.")})
+    @extend_schema(
+        request=None, responses={200: ChannelSecretSerializer, 409: OpenApiResponse(description="Not a webhook channel.")}
+    )
     @action(detail=True, methods=["post"], url_path="rotate-secret")
     def rotate_secret(self, request, pk=None):
         """Replace a webhook channel's signing secret; the new one is in this response only."""

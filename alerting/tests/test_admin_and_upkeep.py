@@ -54,7 +54,13 @@ def test_admin_creates_channels_through_the_service(alpha, client):
     _login(client, alpha)
     response = client.post(
         "/admin/alerting/notificationchannel/add/",
-        {"name": "Admin hook", "kind": "webhook", "enabled": "on", "config": '{"url": "https://hooks.example.com/x"}', "min_severity": ""},
+        {
+            "name": "Admin hook",
+            "kind": "webhook",
+            "enabled": "on",
+            "config": '{"url": "https://hooks.example.com/x"}',
+            "min_severity": "",
+        },
         HTTP_HOST=alpha.domain,
         follow=True,
     )
@@ -85,7 +91,9 @@ def test_lost_deliveries_are_requeued(alpha, device, receiver, settings, eager_t
         fresh = NotificationDelivery.objects.create(channel=channel, event_kind="test", payload={"event": "test"})
         NotificationDelivery.objects.filter(alert=alert).update(created_at=datetime.now(UTC) - timedelta(hours=1))
         # rows other tests may have committed stay out of it (this test's transaction rolls this back)
-        NotificationDelivery.objects.unfinished().exclude(alert=alert).exclude(pk=fresh.pk).update(status="failed", finished_at=datetime.now(UTC))
+        NotificationDelivery.objects.unfinished().exclude(alert=alert).exclude(pk=fresh.pk).update(
+            status="failed", finished_at=datetime.now(UTC)
+        )
     assert services.requeue_stale_deliveries(schema="alpha", now=datetime.now(UTC)) == 1
     with schema_context("alpha"):
         assert NotificationDelivery.objects.get(alert=alert).status == "succeeded"

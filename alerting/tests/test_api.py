@@ -58,7 +58,12 @@ def test_list_filters_and_paginates(alpha, device):
 
 @pytest.mark.parametrize(
     ("params", "field"),
-    [({"state": "exploded"}, "state"), ({"severity": "meh"}, "severity"), ({"since": "yesterday"}, "since"), ({"device": "x"}, "device")],
+    [
+        ({"state": "exploded"}, "state"),
+        ({"severity": "meh"}, "severity"),
+        ({"since": "yesterday"}, "since"),
+        ({"device": "x"}, "device"),
+    ],
 )
 def test_list_rejects_bad_filters_with_the_field(alpha, params, field):
     response = alpha.client("viewer").get("/api/v1/alerts", params)
@@ -105,7 +110,11 @@ def test_transitions_over_http_are_idempotent_and_refused_with_the_state(alpha, 
     again = api.post(f"/api/v1/alerts/{alert.pk}/acknowledge")
     assert again.status_code == 200 and again.json()["changed"] is False
     resolved = api.post(f"/api/v1/alerts/{alert.pk}/resolve", {"note": "fixed"}, format="json")
-    assert resolved.status_code == 200 and resolved.json()["state"] == "resolved" and resolved.json()["time_to_resolve_s"] is not None
+    assert (
+        resolved.status_code == 200
+        and resolved.json()["state"] == "resolved"
+        and resolved.json()["time_to_resolve_s"] is not None
+    )
     assert api.post(f"/api/v1/alerts/{alert.pk}/resolve").json()["changed"] is False
     refused = api.post(f"/api/v1/alerts/{alert.pk}/acknowledge")
     assert refused.status_code == 409
@@ -167,11 +176,17 @@ def test_alerts_need_authentication(alpha):
     [("get", ""), ("get", "/state"), ("get", "/notes"), ("post", "/notes"), ("post", "/acknowledge"), ("post", "/resolve")],
 )
 def test_alerts_of_another_tenant_are_404(alpha, beta, method, suffix):
+    from alerting.models import Alert
+
     theirs = make_alert("beta", rule_id=560, device=make_device("beta"))
+    with schema_context("alpha"):  # ids are per schema: alpha must not have one with this id (rolled back after)
+        Alert.objects.filter(pk=theirs.pk).delete()
     body = {"text": "hello"} if suffix == "/notes" else {}
     response = getattr(alpha.client("admin"), method)(f"/api/v1/alerts/{theirs.pk}{suffix}", body, format="json")
     assert response.status_code == 404
-    assert theirs.pk not in {row["id"] for row in alpha.client("admin").get("/api/v1/alerts", {"page_size": 500}).json()["results"]}
+    assert theirs.pk not in {
+        row["id"] for row in alpha.client("admin").get("/api/v1/alerts", {"page_size": 500}).json()["results"]
+    }
     with schema_context("beta"):
         from alerting.models import Alert
 
@@ -185,7 +200,11 @@ def test_channel_crud_shows_the_webhook_secret_once(alpha):
     api = alpha.client("developer")
     created = api.post(
         "/api/v1/notification-channels",
-        {"name": "Ops hook", "kind": "webhook", "config": {"url": "https://hooks.example.com/iiot", "headers": {"X-Team": "ops"}}},
+        {
+            "name": "Ops hook",
+            "kind": "webhook",
+            "config": {"url": "https://hooks.example.com/iiot", "headers": {"X-Team": "ops"}},
+        },
         format="json",
     )
     assert created.status_code == 201, created.content
@@ -203,7 +222,11 @@ def test_channel_crud_shows_the_webhook_secret_once(alpha):
     assert api.delete(f"/api/v1/notification-channels/{cid}").status_code == 204
     with schema_context("alpha"):
         assert not NotificationChannel.objects.filter(pk=cid).exists()
-    email = api.post("/api/v1/notification-channels", {"name": "Ops mail", "kind": "email", "config": {"recipients": ["a@b.co"]}}, format="json")
+    email = api.post(
+        "/api/v1/notification-channels",
+        {"name": "Ops mail", "kind": "email", "config": {"recipients": ["a@b.co"]}},
+        format="json",
+    )
     assert email.status_code == 201 and email.json()["secret"] is None
     assert api.post(f"/api/v1/notification-channels/{email.json()['id']}/rotate-secret").status_code == 409
 
@@ -218,7 +241,10 @@ def test_channel_crud_shows_the_webhook_secret_once(alpha):
         ({"name": "x", "kind": "webhook", "config": {"url": "http://[::1]:8080/"}}, "config.url"),
         ({"name": "x", "kind": "webhook", "config": {"url": "http://localhost/"}}, "config.url"),
         ({"name": "x", "kind": "webhook", "config": {"url": "https://user:pw@example.com/"}}, "config.url"),
-        ({"name": "x", "kind": "webhook", "config": {"url": "https://example.com/", "headers": {"X-IIoT-Signature": "x"}}}, "config.headers.X-IIoT-Signature"),
+        (
+            {"name": "x", "kind": "webhook", "config": {"url": "https://example.com/", "headers": {"X-IIoT-Signature": "x"}}},
+            "config.headers.X-IIoT-Signature",
+        ),
         ({"name": "x", "kind": "webhook", "config": {"url": "https://example.com/", "verify": False}}, "config.verify"),
         ({"name": "x", "kind": "email", "config": {"recipients": []}}, "config.recipients"),
         ({"name": "x", "kind": "email", "config": {"recipients": ["ok@example.com", "not-an-email"]}}, "config.recipients.1"),
@@ -245,7 +271,9 @@ def test_deliveries_list_and_filter(alpha, device):
     channel = make_channel("alpha", "live")
     fire("alpha", rule_id=570, device=device, channel_ids=[channel.pk])
     with schema_context("alpha"):
-        NotificationDelivery.objects.create(channel=channel, event_kind="test", status="failed", finished_at=datetime.now(UTC), attempts=1)
+        NotificationDelivery.objects.create(
+            channel=channel, event_kind="test", status="failed", finished_at=datetime.now(UTC), attempts=1
+        )
     api = alpha.client("operator")
     rows = api.get(f"/api/v1/notification-channels/{channel.pk}/deliveries").json()["results"]
     assert [(r["event_kind"], r["status"]) for r in rows] == [("test", "failed"), ("triggered", "pending")]
@@ -302,6 +330,8 @@ def test_channel_create_needs_notifications_write(alpha):
 )
 def test_channels_of_another_tenant_are_404(alpha, beta, method, suffix):
     theirs = make_channel("beta", "webhook")
+    with schema_context("alpha"):  # ids are per schema: alpha must not have one with this id (rolled back after)
+        NotificationChannel.objects.filter(pk=theirs.pk).delete()
     body = {"enabled": False} if method == "patch" else None
     response = getattr(alpha.client("admin"), method)(f"/api/v1/notification-channels/{theirs.pk}{suffix}", body, format="json")
     assert response.status_code == 404
@@ -313,7 +343,9 @@ def test_stats_give_counts_and_tta_ttr_over_the_filtered_alerts(alpha, device):
     from alerting.models import Alert
 
     base = datetime.now(UTC) - timedelta(hours=1)
-    made = [make_alert("alpha", rule_id=580, device=make_device("alpha"), severity="critical", observed_at=base) for _ in range(3)]
+    made = [
+        make_alert("alpha", rule_id=580, device=make_device("alpha"), severity="critical", observed_at=base) for _ in range(3)
+    ]
     with schema_context("alpha"):
         # acknowledged after 60 s and 120 s, one resolved 300 s after it started, one left open
         Alert.objects.filter(pk=made[0].pk).update(state="acknowledged", acknowledged_at=base + timedelta(seconds=60))
@@ -340,7 +372,10 @@ def test_stats_are_per_tenant(alpha, beta, device):
 
 
 def test_ordering_by_severity_rank_puts_critical_first(alpha, device):
-    made = {severity: make_alert("alpha", rule_id=600, device=make_device("alpha"), severity=severity) for severity in ("info", "critical", "minor")}
+    made = {
+        severity: make_alert("alpha", rule_id=600, device=make_device("alpha"), severity=severity)
+        for severity in ("info", "critical", "minor")
+    }
     rows = alpha.client("viewer").get("/api/v1/alerts", {"rule": 600, "ordering": "severity_rank"}).json()["results"]
     assert [row["id"] for row in rows] == [made["critical"].pk, made["minor"].pk, made["info"].pk]
 

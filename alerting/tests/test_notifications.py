@@ -52,7 +52,9 @@ def _webhook_channel(url: str, **fields) -> NotificationChannel:
 # --- email --------------------------------------------------------------------------------------
 
 
-def test_email_reaches_a_real_smtp_server_with_html_and_text(alpha, device, smtp_server, eager_tasks, django_capture_on_commit_callbacks):
+def test_email_reaches_a_real_smtp_server_with_html_and_text(
+    alpha, device, smtp_server, eager_tasks, django_capture_on_commit_callbacks
+):
     channel = make_channel("alpha", "email", {"recipients": ["ops@example.com", "boss@example.com"], "subject_prefix": "Plant 1"})
     alert, deliveries = _raise_and_deliver(
         django_capture_on_commit_callbacks, device, channel, severity="critical", value=97.5, rule_name="Boiler too hot"
@@ -87,7 +89,9 @@ def test_email_test_send(alpha, smtp_server, eager_tasks, django_capture_on_comm
         assert NotificationDelivery.objects.get(pk=delivery.pk).status == "succeeded"
 
 
-def test_email_to_an_unreachable_server_is_retried_then_failed(alpha, device, settings, eager_tasks, django_capture_on_commit_callbacks):
+def test_email_to_an_unreachable_server_is_retried_then_failed(
+    alpha, device, settings, eager_tasks, django_capture_on_commit_callbacks
+):
     settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
     settings.EMAIL_HOST, settings.EMAIL_PORT, settings.EMAIL_TIMEOUT = "127.0.0.1", free_port(), 2
     settings.NOTIFICATION_MAX_RETRIES = 2
@@ -102,7 +106,9 @@ def test_email_to_an_unreachable_server_is_retried_then_failed(alpha, device, se
 # --- webhooks: delivery and signature ------------------------------------------------------------
 
 
-def test_webhook_is_signed_and_verified_by_the_receiver(alpha, device, receiver, loopback_hooks, eager_tasks, django_capture_on_commit_callbacks):
+def test_webhook_is_signed_and_verified_by_the_receiver(
+    alpha, device, receiver, loopback_hooks, eager_tasks, django_capture_on_commit_callbacks
+):
     channel = make_channel("alpha", "webhook", {"url": receiver.url, "headers": {"X-Team": "ops"}})
     with schema_context("alpha"):
         secret = NotificationChannel.objects.get(pk=channel.pk).secret
@@ -115,9 +121,15 @@ def test_webhook_is_signed_and_verified_by_the_receiver(alpha, device, receiver,
     assert request.headers["X-Team"] == "ops" and request.headers["Content-Type"] == "application/json"
     assert request.headers["X-IIoT-Event"] == "alert.triggered" and request.headers["X-IIoT-Delivery"] == str(deliveries[0].pk)
     assert request.headers["X-IIoT-Signature"].startswith("sha256=")
-    assert webhooks.verify_signature(secret, request.headers["X-IIoT-Timestamp"], request.body, request.headers["X-IIoT-Signature"])
-    assert not webhooks.verify_signature("whsec_wrong", request.headers["X-IIoT-Timestamp"], request.body, request.headers["X-IIoT-Signature"])
-    assert not webhooks.verify_signature(secret, request.headers["X-IIoT-Timestamp"], request.body + b" ", request.headers["X-IIoT-Signature"])
+    assert webhooks.verify_signature(
+        secret, request.headers["X-IIoT-Timestamp"], request.body, request.headers["X-IIoT-Signature"]
+    )
+    assert not webhooks.verify_signature(
+        "whsec_wrong", request.headers["X-IIoT-Timestamp"], request.body, request.headers["X-IIoT-Signature"]
+    )
+    assert not webhooks.verify_signature(
+        secret, request.headers["X-IIoT-Timestamp"], request.body + b" ", request.headers["X-IIoT-Signature"]
+    )
     body = receiver.json()
     assert body["event"] == "alert.triggered" and body["tenant"] == "alpha"
     assert body["alert"]["id"] == alert.pk and body["alert"]["value"] == 81.25 and body["alert"]["device_uid"] == device.uid
@@ -195,14 +207,18 @@ def test_loopback_exception_covers_loopback_only():
         assert webhooks.address_refusal(ipaddress.ip_address(other), allow_loopback=True), other
 
 
-@pytest.mark.parametrize("url", ["ftp://example.com/", "http:///nohost", "https://u:p@example.com/", "http://exa mple.com/", "javascript:alert(1)", ""])
+@pytest.mark.parametrize(
+    "url", ["ftp://example.com/", "http:///nohost", "https://u:p@example.com/", "http://exa mple.com/", "javascript:alert(1)", ""]
+)
 def test_malformed_urls_are_refused(url):
     with pytest.raises(webhooks.WebhookRefused):
         webhooks.parse_webhook_url(url)
 
 
 @pytest.mark.parametrize("host", ["localhost", "127.0.0.1", "169.254.169.254", "[::ffff:10.1.1.1]"])
-def test_a_refused_address_fails_the_delivery_without_a_request(alpha, device, receiver, settings, host, eager_tasks, django_capture_on_commit_callbacks):
+def test_a_refused_address_fails_the_delivery_without_a_request(
+    alpha, device, receiver, settings, host, eager_tasks, django_capture_on_commit_callbacks
+):
     settings.WEBHOOK_ALLOW_LOOPBACK = False
     port = receiver.server.server_address[1]
     channel = _webhook_channel(f"http://{host}:{port}/hook")
@@ -212,7 +228,9 @@ def test_a_refused_address_fails_the_delivery_without_a_request(alpha, device, r
     assert receiver.requests == []
 
 
-def test_redirects_are_not_followed_and_private_targets_named(alpha, device, receiver, loopback_hooks, eager_tasks, django_capture_on_commit_callbacks):
+def test_redirects_are_not_followed_and_private_targets_named(
+    alpha, device, receiver, loopback_hooks, eager_tasks, django_capture_on_commit_callbacks
+):
     receiver.answer((302, {"Location": "http://10.0.0.5/internal"}))
     channel = make_channel("alpha", "webhook", {"url": receiver.url})
     _, deliveries = _raise_and_deliver(django_capture_on_commit_callbacks, device, channel)
@@ -224,7 +242,9 @@ def test_redirects_are_not_followed_and_private_targets_named(alpha, device, rec
 # --- webhooks: retries, cap, rate limit, timeout ----------------------------------------------------
 
 
-def test_server_errors_are_retried_until_success(alpha, device, receiver, loopback_hooks, eager_tasks, django_capture_on_commit_callbacks):
+def test_server_errors_are_retried_until_success(
+    alpha, device, receiver, loopback_hooks, eager_tasks, django_capture_on_commit_callbacks
+):
     receiver.answer(500, 503)
     channel = make_channel("alpha", "webhook", {"url": receiver.url})
     alert, deliveries = _raise_and_deliver(django_capture_on_commit_callbacks, device, channel)
@@ -260,7 +280,9 @@ def test_backoff_is_exponential(settings):
     assert deliver_notification.acks_late is True
 
 
-def test_payloads_over_one_megabyte_are_not_sent(alpha, device, receiver, loopback_hooks, eager_tasks, django_capture_on_commit_callbacks):
+def test_payloads_over_one_megabyte_are_not_sent(
+    alpha, device, receiver, loopback_hooks, eager_tasks, django_capture_on_commit_callbacks
+):
     channel = make_channel("alpha", "webhook", {"url": receiver.url})
     _, deliveries = _raise_and_deliver(django_capture_on_commit_callbacks, device, channel, details={"blob": "x" * 1_050_000})
     assert [(d.status, d.attempts) for d in deliveries] == [("failed", 1)]
@@ -282,7 +304,9 @@ def test_one_request_per_second_per_url(alpha, device, receiver, loopback_hooks,
     assert second.at - first.at >= 0.95  # the same URL waited for its slot
     assert third.path.startswith("/other") and third.at - second.at < 0.5  # another URL did not
     with schema_context("alpha"):
-        assert set(NotificationDelivery.objects.filter(channel__in=[channel, other]).values_list("status", flat=True)) == {"succeeded"}
+        assert set(NotificationDelivery.objects.filter(channel__in=[channel, other]).values_list("status", flat=True)) == {
+            "succeeded"
+        }
 
 
 def test_rate_slot_is_per_tenant_and_refuses_when_the_wait_is_too_long(alpha):
@@ -295,7 +319,9 @@ def test_rate_slot_is_per_tenant_and_refuses_when_the_wait_is_too_long(alpha):
         webhooks.acquire_rate_slot(url, interval_ms=5000, max_wait_s=0)
 
 
-def test_slow_receivers_time_out_and_are_retried(alpha, device, receiver, loopback_hooks, eager_tasks, django_capture_on_commit_callbacks):
+def test_slow_receivers_time_out_and_are_retried(
+    alpha, device, receiver, loopback_hooks, eager_tasks, django_capture_on_commit_callbacks
+):
     loopback_hooks.WEBHOOK_TIMEOUT_S = 0.5
     loopback_hooks.NOTIFICATION_MAX_RETRIES = 1
     receiver.answer((200, {}, 2.0), (200, {}, 2.0))
@@ -335,7 +361,12 @@ def test_stale_tasks_do_nothing(alpha, receiver, loopback_hooks):
     channel = make_channel("alpha", "webhook", {"url": receiver.url})
     with schema_context("alpha"):
         delivery = NotificationDelivery.objects.create(
-            channel=channel, event_kind="test", payload={"event": "test"}, status="succeeded", attempts=1, finished_at=datetime.now(UTC)
+            channel=channel,
+            event_kind="test",
+            payload={"event": "test"},
+            status="succeeded",
+            attempts=1,
+            finished_at=datetime.now(UTC),
         )
         assert deliver_notification.apply(args=[delivery.pk]).get() is None
         assert deliver_notification.apply(args=[10**9]).get() is None
@@ -466,7 +497,16 @@ def tls_receiver(certificates):
     ids=["trusted", "untrusted-ca", "wrong-host"],
 )
 def test_tls_certificates_are_verified(
-    alpha, device, certificates, tls_receiver, loopback_hooks, certificate, trust_ca, expected, eager_tasks, django_capture_on_commit_callbacks
+    alpha,
+    device,
+    certificates,
+    tls_receiver,
+    loopback_hooks,
+    certificate,
+    trust_ca,
+    expected,
+    eager_tasks,
+    django_capture_on_commit_callbacks,
 ):
     loopback_hooks.WEBHOOK_CA_BUNDLE = str(certificates / "ca.pem") if trust_ca else ""
     hook = tls_receiver(certificate)
@@ -492,7 +532,9 @@ async def test_live_push_from_an_event_loop_thread_is_scheduled_on_that_loop():
         await layer.group_discard("alpha.alerts", name)
 
 
-def test_the_host_is_resolved_once_and_the_connection_pinned(alpha, device, receiver, loopback_hooks, monkeypatch, eager_tasks, django_capture_on_commit_callbacks):
+def test_the_host_is_resolved_once_and_the_connection_pinned(
+    alpha, device, receiver, loopback_hooks, monkeypatch, eager_tasks, django_capture_on_commit_callbacks
+):
     """DNS rebinding: the name is looked up once, checked, and the socket goes to that address
     (nothing downstream resolves the name again)."""
     import socket

@@ -103,7 +103,13 @@ def test_concurrent_first_firings_open_one_alert(platform, committed, django_db_
     device_id = first.device_id
     calls = [
         lambda: services.raise_alert(
-            rule_id=104, rule_name="race", device_id=device_id, severity="minor", message="m", value=1.0, observed_at=datetime.now(UTC)
+            rule_id=104,
+            rule_name="race",
+            device_id=device_id,
+            severity="minor",
+            message="m",
+            value=1.0,
+            observed_at=datetime.now(UTC),
         )
         for _ in range(4)
     ]
