@@ -315,7 +315,8 @@ class LiveConsumer(AsyncWebsocketConsumer):
     async def transmit(self, frame: dict) -> None:
         """Send one frame; a client that cannot take it within the timeout is disconnected."""
         try:
-            await asyncio.wait_for(self.send_frame(frame), self.send_timeout)
+            async with asyncio.timeout(self.send_timeout):  # no extra task per frame (unlike wait_for)
+                await self.send_frame(frame)
         except TimeoutError:
             self.pending.clear()
             self.events.clear()

@@ -1,0 +1,404 @@
+"""WebSocket fan-out benchmark: 1,000 concurrent clients on ONE uvicorn web process, each
+subscribed to one device, while bench/loadgen.py offers 5,000 MQTT messages/s (4 metrics each)
+through the real ingest (`manage.py ingest`), whose live-updates hook publishes to Redis.
+
+    .venv/bin/python bench/ws_bench.py            # ~2-3 minutes, last line one JSON object
+    .venv/bin/python bench/ws_bench.py --quick    # shorter measuring window
+
+    from bench import ws_bench; ws_bench.run(quick=True) -> dict
+
+Figures:
+    ws_clients          clients connected and subscribed when the load started
+    ws_latency_p50_ms   publish-to-client latency: client receive time minus the point's
+    ws_latency_p99_ms   timestamp (loadgen stamps each message with its send time), per value received
+    ws_clients_dropped  clients whose connection closed during the run
+    web_rss_mb          RSS of the web process (with its children) at the end of the window
+
+Everything runs on 127.0.0.1 in a database of its own (iiot_wsbench, dropped before and after),
+with a broker of its own; the work is done in a child process with its own Django settings, so
+`run()` can be called from bench/run.py whatever that process has configured. The clients run in
+a process of their own (they would otherwise compete with the load generator for one core).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+DB_NAME = "iiot_wsbench"
+PYTHON = sys.executable
+CLIENTS = 1000
+RATE = 5000.0
+KEYS = ("ws_clients", "ws_latency_p50_ms", "ws_latency_p99_ms", "ws_clients_dropped", "web_rss_mb")
+
+
+def log(message: str) -> None:
+    print(f"[ws-bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def bench_env() -> dict[str, str]:
+    from bench.run import BENCH_ENV
+
+    env = dict(BENCH_ENV)
+    env["DATABASE_URL"] = f"postgres://postgres@127.0.0.1:5432/{DB_NAME}"
+    env.pop("CHANNEL_LAYER_URL", None)
+    return env
+
+
+def run(quick: bool = False) -> dict:
+    """Run the benchmark in a child process; returns the figures (None for a failed part, plus
+    `errors` when something failed)."""
+    env = {**os.environ, **bench_env()}
+    env.pop("CHANNEL_LAYER_URL", None)
+    env.pop("LIVE_REDIS_URL", None)
+    args = [PYTHON, str(Path(__file__).resolve()), "--child"] + (["--quick"] if quick else [])
+    try:
+        completed = subprocess.run(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, timeout=300, check=False)
+        lines = completed.stdout.decode(errors="replace").strip().splitlines()
+        return json.loads(lines[-1]) if lines else {key: None for key in KEYS} | {"errors": {"ws": "no output"}}
+    except Exception as exc:  # noqa: BLE001 - reported in the figures
+        return {key: None for key in KEYS} | {"errors": {"ws": repr(exc)}}
+
+
+# --- the clients' process -------------------------------------------------------------------------
+
+
+async def clients_main(url: str, host: str, token: str, uids: list[str], seconds: float, warmup: float) -> None:
+    import websockets
+
+    latencies: list[float] = []
+    frames = 0
+    dropped = 0
+    subscribed = 0
+    measure_from = 0.0
+    done = asyncio.Event()
+
+    async def client(uid: str) -> None:
+        nonlocal frames, dropped, subscribed
+        try:
+            async with websockets.connect(url, additional_headers={"Host": host}, subprotocols=["bearer", token],
+                                          open_timeout=60, max_queue=None, ping_interval=None) as ws:  # fmt: skip
+                await ws.recv()  # welcome
+                await ws.send(json.dumps({"type": "subscribe", "devices": [uid]}))
+                while (answer := json.loads(await ws.recv())).get("type") == "ping":
+                    await ws.send('{"type": "pong"}')
+                if answer.get("type") != "subscribed":
+                    raise RuntimeError(f"subscribe refused: {answer}")
+                subscribed += 1
+                while not done.is_set():
+                    try:
+                        raw = await asyncio.wait_for(ws.recv(), 1.0)
+                    except TimeoutError:
+                        continue
+                    now_ms = time.time() * 1000
+                    frame = json.loads(raw)
+                    kind = frame.get("type")
+                    if kind == "telemetry":
+                        frames += 1
+                        if measure_from and now_ms >= measure_from:
+                            for update in frame["updates"]:
+                                newest = max(ts for ts, _value in update["values"].values())
+                                latencies.append(now_ms - newest)
+                    elif kind == "ping":
+                        await ws.send('{"type": "pong"}')
+        except Exception as exc:  # noqa: BLE001 - counted
+            if not done.is_set():
+                dropped += 1
+                if dropped <= 3:
+                    print(f"client {uid} dropped: {exc!r}", file=sys.stderr, flush=True)
+
+    tasks = []
+    for start in range(0, len(uids), 100):  # connect in waves
+        tasks += [asyncio.create_task(client(uid)) for uid in uids[start : start + 100]]
+        await asyncio.sleep(0.3)
+    deadline = time.monotonic() + 120
+    while subscribed + dropped < len(uids) and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    print(json.dumps({"ready": subscribed, "dropped_at_connect": dropped}), flush=True)
+    # The parent starts the load now; values sent during the warm-up are not measured.
+    measure_from = time.time() * 1000 + warmup * 1000
+    await asyncio.sleep(seconds)
+    alive = subscribed - dropped
+    done.set()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    latencies.sort()
+    p99 = latencies[min(len(latencies) - 1, int(round(0.99 * (len(latencies) - 1))))] if latencies else None
+    print(json.dumps({
+        "ws_clients": subscribed,
+        "ws_clients_dropped": dropped,
+        "ws_clients_alive": alive,
+        "ws_frames": frames,
+        "ws_latency_samples": len(latencies),
+        "ws_latency_p50_ms": round(statistics.median(latencies), 1) if latencies else None,
+        "ws_latency_p99_ms": round(p99, 1) if p99 is not None else None,
+    }), flush=True)  # fmt: skip
+
+
+# --- the benchmark (child process) ----------------------------------------------------------------
+
+
+def provision(count: int) -> list:
+    """Tenant `bench` with `count` devices and their broker identities, in bulk (creating them one by
+    one through the services costs ~0.2 s each, most of the time budget): rows by bulk_create, the
+    broker's clients and roles in one dynamic-security session."""
+    import secrets
+
+    from django_tenants.utils import schema_context
+
+    from bench import run as bench_run
+    from bench.loadgen import Device as LoadDevice
+    from devices import broker, services
+    from devices.models import Device, DeviceCredential
+    from tenants.services import ensure_public_tenant, provision_tenant
+
+    tenant = bench_run.TENANT
+    ensure_public_tenant("localhost")
+    provision_tenant(actor=None, client=None, slug=tenant, name="WebSocket bench", domain=f"{tenant}.localhost",
+                     admin_email=f"admin@{tenant}.example.com", admin_password="Bench-Password-2026!")  # fmt: skip
+    loads, commands = [], []
+    with schema_context(tenant):
+        profile = services.create_profile(actor=None, client=None, name="bench", metrics=[{"name": n} for n in bench_run.METRICS])
+        devices = Device.objects.bulk_create(
+            Device(uid=f"bench-{number:05d}", name=f"bench {number}", profile=profile) for number in range(count)
+        )
+        secrets_by_pk = {device.pk: secrets.token_urlsafe(32) for device in devices}
+        DeviceCredential.objects.bulk_create(
+            DeviceCredential(device=device, secret_hash=services.hash_secret(secrets_by_pk[device.pk]), secret_prefix=secrets_by_pk[device.pk][:6])
+            for device in devices
+        )
+    for device in devices:
+        username, role = broker.device_username(tenant, device.uid), broker.device_role_name(tenant, device.uid)
+        commands += [
+            {"command": "createRole", "rolename": role, "acls": broker.device_role_acls(tenant, device.uid)},
+            {"command": "createClient", "username": username, "password": secrets_by_pk[device.pk], "roles": [{"rolename": role}]},
+        ]
+        loads.append(LoadDevice(uid=device.uid, username=username, password=secrets_by_pk[device.pk],
+                                topic=broker.device_topics(tenant, device.uid).telemetry))  # fmt: skip
+    with broker.DynsecClient(timeout=120) as dynsec:  # the plugin saves its file after each command
+        for start in range(0, len(commands), 100):
+            dynsec.execute(commands[start : start + 100])
+    return loads
+
+
+def child(quick: bool) -> None:
+    from bench import run as bench_run
+
+    window = 25 if quick else 60
+    warmup = 5
+    results: dict = {}
+    errors: dict = {}
+    began = time.monotonic()
+    os.chdir(ROOT)
+    try:
+        bench_run.admin_execute(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
+        bench_run.admin_execute(f"CREATE DATABASE {DB_NAME}")
+        log("migrating the shared schema")
+        bench_run.run_step([PYTHON, "manage.py", "migrate_schemas", "--shared"], timeout=300)
+        import django
+
+        django.setup()
+        from django_tenants.utils import schema_context
+
+        from iiot.testing.mosquitto import broker_settings, running_mosquitto
+
+        with running_mosquitto() as broker, broker_settings(broker):
+            import contextlib
+            import io
+
+            log(f"provisioning tenant {bench_run.TENANT} with {CLIENTS} devices")
+            with contextlib.redirect_stdout(io.StringIO()):
+                devices = provision(CLIENTS)
+            from accounts.models import User
+            from accounts.services import issue_tokens
+
+            with schema_context(bench_run.TENANT):
+                token = issue_tokens(User.objects.get(email=f"admin@{bench_run.TENANT}.example.com"))["access"]
+            log(f"provisioned in {time.monotonic() - began:.0f} s since start")
+
+            env = {**os.environ, "MQTT_URL": broker.url, "MQTT_DEVICE_URL": broker.url,
+                   "MQTT_ADMIN_USERNAME": broker.admin_username, "MQTT_ADMIN_PASSWORD": broker.admin_password,
+                   "MQTT_SERVICE_USERNAME": broker.service_username, "MQTT_SERVICE_PASSWORD": broker.service_password}  # fmt: skip
+            port = broker_free_port()
+            web_log = open(Path(broker.directory) / "web.log", "wb")  # noqa: SIM115
+            web = bench_run.spawn([PYTHON, "-m", "uvicorn", "iiot.asgi:application", "--host", "127.0.0.1", "--port", str(port),
+                                   "--lifespan", "off", "--no-access-log", "--log-level", "warning"],
+                                  cwd=ROOT, env=env, stdout=web_log, stderr=subprocess.STDOUT)  # fmt: skip
+            ingest_log = open(Path(broker.directory) / "ingest.log", "wb")  # noqa: SIM115
+            ingest = bench_run.spawn([PYTHON, "manage.py", "ingest", "--processes", "1", "--stats-interval", "30"],
+                                     cwd=ROOT, env=env, stdout=ingest_log, stderr=subprocess.STDOUT)  # fmt: skip
+            try:
+                wait_http(port)
+                log(f"web on {port} (pid {web.pid}); ingest pid {ingest.pid}; connecting {CLIENTS} clients")
+                clients = bench_run.spawn(
+                    [PYTHON, str(Path(__file__).resolve()), "--clients", f"ws://127.0.0.1:{port}/ws/v1/live",
+                     "--host", f"{bench_run.TENANT}.localhost", "--seconds", str(window + 3), "--warmup", str(warmup)],
+                    cwd=ROOT, env={**env, "WS_BENCH_TOKEN": token}, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                )  # fmt: skip
+                clients.stdin.write(("\n".join(d.uid for d in devices) + "\n").encode())
+                clients.stdin.close()
+                ready = json.loads(clients.stdout.readline() or b"{}")
+                log(f"clients ready: {ready}; loadgen {RATE:.0f} msg/s for {window} s")
+                load = bench_run.LoadRun(devices, broker.host, broker.port, qos=1, duration_s=window, rate=RATE, wait_acks_s=20)
+                load.window()
+                probe = PubSubProbe(bench_run.TENANT)
+                watched = {"web": web.pid, "ingest": ingest.pid, "clients": clients.pid, "bench": os.getpid()}
+                cpu_before = {name: cpu_seconds(pid) for name, pid in watched.items()}
+                time.sleep(window - 2)
+                for name, pid in watched.items():  # share of one core over the window
+                    results[f"{name}_cpu_pct"] = round(100 * (cpu_seconds(pid) - cpu_before[name]) / (window - 2))
+                results["web_rss_mb"] = bench_run.tree_rss_mb(web.pid)
+                results["ingest_rss_mb_during_ws"] = bench_run.tree_rss_mb(ingest.pid)
+                results.update(probe.figures())
+                load.join(90)
+                out = clients.stdout.read().decode(errors="replace").strip().splitlines()
+                clients.wait(30)
+                if not out:
+                    raise RuntimeError("the clients' process printed no result")
+                results.update(json.loads(out[-1]))
+                results["ws_offered_msgs"] = load.stats.sent
+                results["ws_offered_msgs_per_s"] = round(load.stats.sent / window)
+            finally:
+                bench_run.stop(web)
+                bench_run.stop(ingest)
+                web_log.close()
+                ingest_log.close()
+                if errors or not results.get("ws_clients"):
+                    for name in ("web.log", "ingest.log"):
+                        tail = (Path(broker.directory) / name).read_text(errors="replace").strip().splitlines()[-10:]
+                        log(f"{name} tail:\n  " + "\n  ".join(tail))
+    except Exception as exc:  # noqa: BLE001
+        errors["ws"] = repr(exc)
+        traceback.print_exc(file=sys.stderr)
+    finally:
+        for process in bench_run.STARTED:
+            bench_run.stop(process, timeout=5)
+        try:
+            from django.db import connections
+
+            connections.close_all()
+        except Exception:  # noqa: BLE001, S110
+            pass
+        try:
+            bench_run.admin_execute(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
+        except Exception as exc:  # noqa: BLE001
+            errors["cleanup"] = repr(exc)
+    figures = {key: results.get(key) for key in KEYS}
+    figures.update({key: value for key, value in results.items() if key not in figures})
+    if errors:
+        figures["errors"] = errors
+    figures["ws_bench_seconds"] = round(time.monotonic() - began)
+    print(json.dumps(figures), flush=True)
+
+
+class PubSubProbe:
+    """Diagnostics: a plain Redis subscriber on the tenant's live channel measures how old the
+    values are when the ingest publishes them (ingest lag) and how long the message takes to arrive."""
+
+    def __init__(self, schema: str) -> None:
+        import threading
+
+        import redis
+        from django.conf import settings
+
+        from iiot.live.streaming import live_channel
+
+        self.ingest_lag: list[float] = []
+        self.delivery: list[float] = []
+        self.stop = threading.Event()
+        self.pubsub = redis.Redis.from_url(settings.LIVE_REDIS_URL).pubsub(ignore_subscribe_messages=True)
+        self.pubsub.subscribe(live_channel(schema))
+        self.thread = threading.Thread(target=self.loop, daemon=True)
+        self.thread.start()
+
+    def loop(self) -> None:
+        while not self.stop.is_set():
+            message = self.pubsub.get_message(timeout=0.5)
+            if message is None:
+                continue
+            now = time.time() * 1000
+            body = json.loads(message["data"])
+            self.delivery.append(now - body["sent"])
+            newest = max(ts for metrics in body["devices"].values() for ts, _value in metrics.values())
+            self.ingest_lag.append(body["sent"] - newest)
+
+    def figures(self) -> dict:
+        self.stop.set()
+        self.thread.join(2)
+        out = {}
+        for name, values in (("ingest_lag", self.ingest_lag), ("pubsub_delivery", self.delivery)):
+            if values:
+                values.sort()
+                out[f"ws_{name}_p50_ms"] = round(statistics.median(values), 1)
+                out[f"ws_{name}_p99_ms"] = round(values[int(0.99 * (len(values) - 1))], 1)
+        return out
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of one process (no children), in seconds."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def broker_free_port() -> int:
+    from iiot.testing.mosquitto import free_port
+
+    return free_port()
+
+
+def wait_http(port: int, timeout: float = 60.0) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            request = urllib.request.Request(f"http://127.0.0.1:{port}/healthz", headers={"Host": "localhost"})
+            if urllib.request.urlopen(request, timeout=2).status == 200:
+                return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError("the web process did not answer /healthz")
+        time.sleep(0.2)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--clients", metavar="URL", help=argparse.SUPPRESS)
+    parser.add_argument("--host", help=argparse.SUPPRESS)
+    parser.add_argument("--seconds", type=float, default=30, help=argparse.SUPPRESS)
+    parser.add_argument("--warmup", type=float, default=5, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.clients:
+        uids = [line.strip() for line in sys.stdin if line.strip()]
+        asyncio.run(clients_main(args.clients, args.host, os.environ["WS_BENCH_TOKEN"], uids, args.seconds, args.warmup))
+    elif args.child:
+        child(args.quick)
+    else:
+        figures = run(args.quick)
+        for key, value in figures.items():
+            if key != "errors":
+                print(f"{key:32} {value if value is not None else 'null (failed)'}")
+        for part, error in (figures.get("errors") or {}).items():
+            print(f"error in {part}: {error}")
+        print(json.dumps(figures), flush=True)
+
+
+if __name__ == "__main__":
+    main()
