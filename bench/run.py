@@ -1,7 +1,8 @@
 """`make bench`: ingest and storage figures on this machine; the last line is one JSON object.
 
-    .venv/bin/python bench/run.py            # about 6-8 minutes
-    .venv/bin/python bench/run.py --quick    # about 2 minutes (shorter windows, 7 days of storage data)
+    .venv/bin/python bench/run.py            # about 15-20 minutes with every part
+    .venv/bin/python bench/run.py --quick    # about 6 minutes (shorter windows, less data)
+    .venv/bin/python bench/run.py --parts "" # ingest and storage only
 
 Everything runs on 127.0.0.1 in a database of its own (iiot_bench, dropped before and after):
 1. storage figures from scripts/bench_storage.py (bytes_per_point, query_30d_ms, latest_1000_ms,
@@ -14,6 +15,10 @@ Everything runs on 127.0.0.1 in a database of its own (iiot_bench, dropped befor
    (c) at 80 % of (b)'s rate, a probe device publishes every 100 ms; publish-to-latest-in-Redis
        latency p50/p99;
    (d) the same at QoS 0 -> ingest_qos0_points_per_s.
+3. then, each in a child process with a database and broker of its own (`--parts`):
+   rules (bench/rules_bench.py: alert_latency_p50_ms/p99_ms, ingest_with_rules_vs_without),
+   ws (bench/ws_bench.py: ws_clients, ws_latency_p50_ms/p99_ms, ws_clients_dropped, web_rss_mb),
+   analytics (bench/analytics_bench.py: analytics_30d_p95_ms, analytics_1h_p95_ms, analytics_points).
 A failed part prints its error and reports its keys as null.
 """
 
@@ -22,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib
 import io
 import json
 import os
@@ -53,10 +59,14 @@ BENCH_ENV = {
     "LOG_LEVEL": "WARNING",
     "DJANGO_SETTINGS_MODULE": "iiot.settings",
 }
+PARTS = {"rules": "rules_bench", "ws": "ws_bench", "analytics": "analytics_bench"}
 KEYS = (
     "ingest_points_per_s", "ingest_qos0_points_per_s", "ingest_msgs_per_s", "mosquitto_sub_msgs_per_s",
     "ingest_vs_mosquitto_sub", "ingest_latency_p50_ms", "ingest_latency_p99_ms", "points_lost", "ingest_rss_mb",
     "bytes_per_point", "query_30d_ms", "latest_1000_ms", "writer_points_per_s",
+    "alert_latency_p50_ms", "alert_latency_p99_ms", "ingest_with_rules_vs_without",
+    "ws_clients", "ws_latency_p50_ms", "ws_latency_p99_ms", "ws_clients_dropped", "web_rss_mb",
+    "analytics_30d_p95_ms", "analytics_1h_p95_ms", "analytics_points",
 )  # fmt: skip
 PYTHON = sys.executable
 
@@ -523,6 +533,12 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=60000.0, help="offered messages/s (4 points each)")
     parser.add_argument("--processes", type=int, default=2, help="ingest worker processes")
     parser.add_argument("--skip-storage", action="store_true")
+    parser.add_argument("--skip-ingest", action="store_true")
+    parser.add_argument(
+        "--parts", default="rules,ws,analytics",
+        help="later parts, each in a database of its own: rules (bench/rules_bench.py), ws (bench/ws_bench.py), "
+             "analytics (bench/analytics_bench.py); empty for none",
+    )  # fmt: skip
     args = parser.parse_args()
 
     os.environ.update(BENCH_ENV)
@@ -544,17 +560,19 @@ def main() -> None:
                 errors["storage"] = repr(exc)
                 traceback.print_exc()
 
-        try:
-            ingest_part(args, results, errors)
-        except Exception as exc:  # noqa: BLE001
-            errors["ingest"] = repr(exc)
-            traceback.print_exc()
+        if not args.skip_ingest:
+            try:
+                ingest_part(args, results, errors)
+            except Exception as exc:  # noqa: BLE001
+                errors["ingest"] = repr(exc)
+                traceback.print_exc()
     except Exception as exc:  # noqa: BLE001
         errors["setup"] = repr(exc)
         traceback.print_exc()
     finally:
         for process in STARTED:
             stop(process, timeout=5)
+        STARTED.clear()
         try:
             from django.db import connections
 
@@ -565,6 +583,19 @@ def main() -> None:
             admin_execute(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
         except Exception as exc:  # noqa: BLE001
             errors["cleanup"] = repr(exc)
+
+    # The later parts run in child processes with databases of their own.
+    for part in filter(None, (name.strip() for name in args.parts.split(","))):
+        module = PARTS.get(part)
+        if module is None:
+            errors[part] = f"unknown part {part!r} (known: {', '.join(PARTS)})"
+            continue
+        log(f"{part} figures (bench/{module}.py)")
+        try:
+            results.update(importlib.import_module(f"bench.{module}").run(args.quick))
+        except Exception as exc:  # noqa: BLE001
+            errors[part] = repr(exc)
+            traceback.print_exc()
 
     msgs, sub = results.get("ingest_msgs_per_s"), results.get("mosquitto_sub_msgs_per_s")
     results["ingest_vs_mosquitto_sub"] = round(msgs / sub, 3) if msgs is not None and sub else None
