@@ -24,6 +24,7 @@ from scipy import special, stats
 from analytics import selectors
 from analytics.selectors import SeriesSpec, choose_level
 from telemetry import selectors as telemetry_selectors
+from telemetry.selectors import RAW
 
 TrendLabel = Literal["increasing", "decreasing", "stable"]
 ForecastMethod = Literal["linear", "holt_winters"]
@@ -96,15 +97,14 @@ def timeseries(
             {"window": [f"A window of {window_seconds} s is longer than the range ({(end - start).total_seconds():g} s)."]}
         )
     spec = _spec(schema, device_id, metric, start, end, resolution)
-    needed = max(window_points or 1, 1)
-    found = selectors.count_rows(spec, limit=needed)
-    if found < MIN_POINTS["timeseries"]:
-        raise InsufficientData(needed=MIN_POINTS["timeseries"], found=found)
-    if window_points is not None and found < window_points:
-        raise ValidationError({"window": [f"A window of {window_points} points is larger than the range, which holds {found}."]})
-    rows, next_ts = selectors.moving_page(
+    if spec.level is RAW:  # counting along the index is cheap; stop at the window size
+        found = selectors.count_rows(spec, limit=max(window_points or 1, 1))
+        _check_timeseries_rows(found, window_points)
+    rows, next_ts, total = selectors.moving_page(
         spec, window_points=window_points, window_seconds=window_seconds, page_size=page_size, after=after
     )
+    if total is not None or not rows:  # bucketed: the page query counted the whole series
+        _check_timeseries_rows(total or 0, window_points)
     return {
         **_source_fields(spec.level),
         "window": {"points": window_points} if window_seconds is None else {"seconds": window_seconds},
@@ -119,6 +119,13 @@ def timeseries(
         ],
         "next_ts": next_ts,
     }
+
+
+def _check_timeseries_rows(found: int, window_points: int | None) -> None:
+    if found < MIN_POINTS["timeseries"]:
+        raise InsufficientData(needed=MIN_POINTS["timeseries"], found=found)
+    if window_points is not None and found < window_points:
+        raise ValidationError({"window": [f"A window of {window_points} points is larger than the range, which holds {found}."]})
 
 
 # --- 2. trends ---------------------------------------------------------------------------------------
@@ -292,20 +299,18 @@ def correlation(
     by_device: dict[int, list[MetricRef]] = {}
     for device_id, metric in series:
         by_device.setdefault(device_id, []).append(metric)
-    by_key: dict[tuple[int, int], list[tuple[datetime, float]]] = {}
+    by_key: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
     for device_id, metrics in by_device.items():
-        _level, points = telemetry_selectors.bucketed_series(
-            schema, device_id, [metric.id for metric in metrics], start, end, width, "avg"
-        )
+        _level, grids = selectors.bucket_grid(schema, device_id, [metric.id for metric in metrics], start, end, width)
         for metric in metrics:
-            by_key[(device_id, metric.id)] = points.get(metric.id, [])
+            stamps, means = grids[metric.id]
+            by_key[(device_id, metric.id)] = (np.asarray(stamps, dtype=np.int64), np.asarray(means, dtype=float))
     # One row per series on the common grid (NaN where a series has no data in a bucket).
-    grid = sorted({ts for rows in by_key.values() for ts, _value in rows})
-    position = {ts: index for index, ts in enumerate(grid)}
+    grid = np.unique(np.concatenate([stamps for stamps, _means in by_key.values()] or [np.empty(0, dtype=np.int64)]))
     matrix_values = np.full((len(series), len(grid)), np.nan)
     for row, (device_id, metric) in enumerate(series):
-        for ts, value in by_key[(device_id, metric.id)]:
-            matrix_values[row, position[ts]] = value
+        stamps, means = by_key[(device_id, metric.id)]
+        matrix_values[row, np.searchsorted(grid, stamps)] = means
     present = ~np.isnan(matrix_values)
     counts = present.sum(axis=1)
     fewest = int(counts.min())
@@ -401,7 +406,7 @@ def _linear(
     """Least-squares line through the series and its prediction intervals (Student t, n - 2 dof):
     y0 +- t * s * sqrt(1 + 1/n + (x0 - mean x)^2 / Sxx), s^2 = SSE / (n - 2)."""
     spec = _spec(schema, device_id, metric, start, end, resolution)
-    fit = selectors.regression(spec, residuals=True, step=True)
+    fit = selectors.regression(spec, residuals=True, step=spec.level is RAW)
     if fit.n < MIN_POINTS["linear"]:
         raise InsufficientData(needed=MIN_POINTS["linear"], found=fit.n, what=_rows_word(spec))
     slope, intercept, r_squared = _fit(fit)
