@@ -368,6 +368,8 @@ RATE_LIMITS = {
     "telemetry": env.str("RATE_LIMIT_TELEMETRY", default="200/m"),
     "default": env.str("RATE_LIMIT_DEFAULT", default="600/m"),
 }
+# Seconds an analytics result stays in the Redis cache (newer data invalidates it sooner); 0 = off.
+ANALYTICS_CACHE_TTL = env.int("ANALYTICS_CACHE_TTL", default=30)
 
 # --- Metrics (GET /metrics; iiot/observability/) --------------------------------------------------
 # Refused to everyone unless at least one is set; when both are, a scrape needs both.
