@@ -133,6 +133,11 @@ def _child(quick: bool) -> dict:
         for table in ("telemetry_point", "telemetry_rollup_1m", "telemetry_rollup_1h"):
             cursor.execute(f'VACUUM ANALYZE "{TENANT}".{table}')
     load_s = loaded.seconds
+    # A live system has the latest values in Redis (ingest writes them); the loader does not.
+    from telemetry.storage import Point, latest_from_database, redis_client, store_latest
+
+    newest = latest_from_database(TENANT, [device.pk]).get(device.pk, {})
+    store_latest(redis_client(), TENANT, [Point(device.pk, metric_id, ts, value) for metric_id, (ts, value) in newest.items()])
 
     settings.ANALYTICS_CACHE_TTL = 0
     settings.RATE_LIMITS = {**settings.RATE_LIMITS, "analytics": "1000000/m"}
