@@ -29,6 +29,8 @@ urlpatterns = [
     path("login/", account_views.PlatformLoginView.as_view(), name="login"),
     path("logout/", account_views.logout_view, name="logout"),
     path("devices/", include("devices.urls")),
+    path("alerts/", include("alerting.urls")),
+    path("rules/", include("rules.urls")),
     path("", views.home, name="home"),
 ]
 

@@ -91,9 +91,11 @@ def web(browser_broker, plant, tmp_path_factory):
 @pytest.fixture(scope="module")
 def ingest(browser_broker, plant, tmp_path_factory):
     process = IngestProcess(browser_broker, tmp_path_factory.mktemp("ingest"), **live_env(browser_broker))
-    process.start()
-    yield process
-    process.kill()
+    try:
+        process.start()
+        yield process
+    finally:
+        process.kill()
 
 
 @pytest.fixture(scope="module")
