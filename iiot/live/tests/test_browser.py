@@ -57,6 +57,28 @@ def plant(browser_broker, platform, django_db_blocker):
 
 
 @pytest.fixture(scope="module")
+def hot_rule(plant, django_db_blocker):
+    """A committed threshold rule on the plant's profile (created before the ingest starts)."""
+    from django_tenants.utils import schema_context
+
+    from devices.models import Device
+    from rules import services
+    from rules.models import Rule
+
+    with django_db_blocker.unblock(), schema_context("alpha"):
+        rule = services.create_rule(actor=None, client=None, name=f"{plant.devices[0].uid} overheating", type="threshold",
+                                    severity="critical", target_kind="device",
+                                    target_device=Device.objects.get(pk=plant.devices[2].pk),
+                                    condition={"metric": "temperature", "op": "gt", "value": 150})  # fmt: skip
+    yield rule
+    with django_db_blocker.unblock(), schema_context("alpha"):
+        from alerting.models import Alert
+
+        Alert.objects.filter(rule_id=rule.pk).delete()
+        Rule.objects.filter(pk=rule.pk).delete()
+
+
+@pytest.fixture(scope="module")
 def web(browser_broker, plant, tmp_path_factory):
     """uvicorn serving iiot.asgi on a free port, with the test database and Redis."""
     port = free_port()
@@ -89,7 +111,7 @@ def web(browser_broker, plant, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def ingest(browser_broker, plant, tmp_path_factory):
+def ingest(browser_broker, plant, hot_rule, tmp_path_factory):
     process = IngestProcess(browser_broker, tmp_path_factory.mktemp("ingest"), **live_env(browser_broker))
     try:
         process.start()
@@ -161,7 +183,7 @@ def test_login_and_fleet_shows_the_devices(open_page, web, plant):
     page.wait_for_function(f"document.querySelectorAll('#fleet-table tr.device-row').length === {len(plant.devices)}")
     uids = page.locator("#fleet-table tr.device-row .mono").all_inner_texts()
     assert sorted(uids) == sorted(d.uid for d in plant.devices)
-    assert prefix in page.url  # the filter is in the address bar
+    page.wait_for_function(f"location.search.includes('{prefix}')")  # the filter is in the address bar
     page.wait_for_selector("#live-indicator.on")
     screenshot(page, "fleet")
 
@@ -223,3 +245,44 @@ def test_pages_at_390_px_have_no_horizontal_scroll(open_page, web, plant):
         page.wait_for_selector("#live-indicator.on")
         assert no_horizontal_scroll(page), f"{path} scrolls horizontally at 390 px"
         screenshot(page, name)
+
+
+def test_rule_fires_and_the_alert_appears_live_then_is_acknowledged_and_resolved(open_page, web, plant, ingest, hot_rule, browser_broker):
+    device = plant.devices[2]
+    publisher = Publisher(browser_broker, device)
+    try:
+        page = open_page("operator")
+        page.goto(f"{web}/alerts/")
+        page.wait_for_selector("#live-indicator.on")
+        page.wait_for_timeout(300)  # the alert subscription reaches the server
+        publisher.publish({"ts": int(datetime.now(UTC).timestamp() * 1000), "values": {"temperature": 180.0}}).wait_for_publish(5)
+        row = page.locator(f"#alert-rows tr.alert-row:has-text('{hot_rule.name}')")
+        row.wait_for(timeout=5000)  # arrives live: no reload
+        assert "Critical" in row.inner_text()
+        screenshot(page, "alerts")
+        row.locator("button[data-action='acknowledge']").click()
+        page.wait_for_selector(f"#alert-rows tr.alert-row[data-state='acknowledged']:has-text('{hot_rule.name}')")
+        page.locator(f"#alert-rows tr.alert-row:has-text('{hot_rule.name}') button[data-action='resolve']").click()
+        page.wait_for_selector(f"#alert-rows tr.alert-row[data-state='resolved']:has-text('{hot_rule.name}')")
+        screenshot(page, "alerts-resolved")
+        viewer = open_page("viewer")
+        viewer.goto(f"{web}/alerts/?state=all")
+        assert viewer.locator(f"tr.alert-row:has-text('{hot_rule.name}')").count() == 1
+        assert viewer.locator("[data-write]").count() == 0
+        viewer.goto(f"{web}/rules/")
+        assert viewer.locator("[data-write]").count() == 0
+        screenshot(viewer, "rules-viewer")
+    finally:
+        publisher.close()
+
+
+def test_rules_page_backtest_preview_and_390_px(open_page, web, plant, hot_rule):
+    page = open_page("developer", width=390, height=844)
+    page.goto(f"{web}/rules/{hot_rule.pk}/")
+    page.click("button[hx-post$='/rules/backtest']")
+    page.wait_for_selector("#backtest [data-backtest] canvas")
+    assert no_horizontal_scroll(page)
+    screenshot(page, "rule-backtest-390")
+    page.goto(f"{web}/alerts/?state=all")
+    assert no_horizontal_scroll(page)
+    screenshot(page, "alerts-390")
