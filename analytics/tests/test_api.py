@@ -96,7 +96,8 @@ def test_rollup_results_agree_with_raw_for_count_min_max_mean(plant, start_s, le
             schema="alpha", device_id=device.pk, metric=metric, start=start, end=end, resolution=resolution
         )
         raw = services.statistics(schema="alpha", device_id=device.pk, metric=metric, start=start, end=end, resolution="raw")
-        trend = services.trends(schema="alpha", device_id=device.pk, metric=metric, start=start, end=end, resolution=resolution)
+        # the trend needs two buckets: 1-minute ones (a 10-minute range may lie within one hour)
+        trend = services.trends(schema="alpha", device_id=device.pk, metric=metric, start=start, end=end, resolution="1m")
     assert rolled["source"] == f"rollup_{resolution}" and raw["source"] == "raw"
     assert rolled["count"] == raw["count"] == trend["count"]
     assert rolled["min"] == raw["min"] == trend["min"] and rolled["max"] == raw["max"] == trend["max"]
