@@ -33,6 +33,7 @@ ROLE_EXISTS = "Role already exists"
 CLIENT_EXISTS = "Client already exists"
 CLIENT_NOT_FOUND = "Client not found"
 ROLE_NOT_FOUND = "Role not found"
+ACL_EXISTS = "ACL with this topic already exists"
 
 
 class BrokerUnavailable(Exception):
@@ -55,6 +56,7 @@ class DeviceTopics:
     status: str
     commands: str
     commands_response: str
+    shared_attributes: str
 
     def as_dict(self) -> dict[str, str]:
         return {
@@ -63,6 +65,7 @@ class DeviceTopics:
             "status": self.status,
             "commands": self.commands,
             "commands_response": self.commands_response,
+            "shared_attributes": self.shared_attributes,
         }
 
 
@@ -74,6 +77,9 @@ def device_topics(tenant: str, device_uid: str) -> DeviceTopics:
         status=f"{base}/status",
         commands=f"{base}/commands",
         commands_response=f"{base}/commands/response",
+        # To the device, retained: the whole set of shared attributes, sent again on every change,
+        # so a device that (re)connects and subscribes gets its current configuration at once.
+        shared_attributes=f"{base}/attributes/shared",
     )
 
 
@@ -86,13 +92,21 @@ def device_role_name(tenant: str, device_uid: str) -> str:
 
 
 def device_role_acls(tenant: str, device_uid: str) -> list[dict[str, Any]]:
-    """Exactly the device's own topics: publish its data, subscribe to (and receive) its commands."""
+    """Exactly the device's own topics: publish its data, subscribe to (and receive) its commands
+    and its shared attributes."""
     topics = device_topics(tenant, device_uid)
     publish = [topics.telemetry, topics.attributes, topics.status, topics.commands_response]
     acls = [{"acltype": "publishClientSend", "topic": topic, "priority": 0, "allow": True} for topic in publish]
-    acls.append({"acltype": "subscribeLiteral", "topic": topics.commands, "priority": 0, "allow": True})
-    acls.append({"acltype": "publishClientReceive", "topic": topics.commands, "priority": 0, "allow": True})
+    for topic in (topics.commands, topics.shared_attributes):
+        acls.append({"acltype": "subscribeLiteral", "topic": topic, "priority": 0, "allow": True})
+        acls.append({"acltype": "publishClientReceive", "topic": topic, "priority": 0, "allow": True})
     return acls
+
+
+def _add_acl_commands(rolename: str, acls: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """addRoleACL for each ACL: brings a role created by an older release up to date (an ACL the
+    role already has is answered with ACL_EXISTS, which callers tolerate)."""
+    return [{"command": "addRoleACL", "rolename": rolename, **acl} for acl in acls]
 
 
 def parse_username(username: str) -> tuple[str, str] | None:
@@ -246,6 +260,8 @@ def push_device_credential(*, tenant: str, device_uid: str, password: str, enabl
             ],
             tolerate=[ROLE_EXISTS, CLIENT_EXISTS],
         )
+        if created[0].get("error") == ROLE_EXISTS:  # a role from an older release gains the newer ACLs
+            dynsec.execute(_add_acl_commands(role, device_role_acls(tenant, device_uid)), tolerate=[ACL_EXISTS])
         commands: list[dict[str, Any]] = []
         if created[1].get("error") == CLIENT_EXISTS:  # rotation: a new password, the role made sure of
             client = dynsec.execute([{"command": "getClient", "username": username}])[0].get("data", {}).get("client", {})
@@ -290,10 +306,12 @@ def remove_devices(devices: Iterable[tuple[str, str]], *, dynsec: DynsecClient |
 
 def ensure_device_roles(devices: Iterable[tuple[str, str]], *, dynsec: DynsecClient) -> None:
     """Create missing device roles (their ACLs follow from tenant and uid alone)."""
-    commands = [
-        {"command": "createRole", "rolename": device_role_name(t, u), "acls": device_role_acls(t, u)} for t, u in devices
-    ]
-    dynsec.execute(commands, tolerate=[ROLE_EXISTS])
+    commands: list[dict[str, Any]] = []
+    for tenant, uid in devices:
+        role, acls = device_role_name(tenant, uid), device_role_acls(tenant, uid)
+        commands.append({"command": "createRole", "rolename": role, "acls": acls})
+        commands.extend(_add_acl_commands(role, acls))
+    dynsec.execute(commands, tolerate=[ROLE_EXISTS, ACL_EXISTS])
 
 
 @dataclass(frozen=True)
@@ -340,6 +358,8 @@ def ensure_service_account(*, dynsec: DynsecClient) -> None:
         tolerate=[ROLE_EXISTS, CLIENT_EXISTS],
     )
     commands: list[dict[str, Any]] = []
+    if created[0].get("error") == ROLE_EXISTS:
+        dynsec.execute(_add_acl_commands(SERVICE_ROLE, service_role_acls()), tolerate=[ACL_EXISTS])
     if created[1].get("error") == CLIENT_EXISTS:
         client = dynsec.execute([{"command": "getClient", "username": username}])[0].get("data", {}).get("client", {})
         if not any(r.get("rolename") == SERVICE_ROLE for r in client.get("roles", [])):
@@ -352,14 +372,14 @@ def ensure_service_account(*, dynsec: DynsecClient) -> None:
 # --- Publishing as the service account ----------------------------------------------------------
 
 
-def publish_qos1(topic: str, payload: bytes | str, *, timeout: float | None = None) -> None:
+def publish_qos1(topic: str, payload: bytes | str, *, timeout: float | None = None, retain: bool = False) -> None:
     """Publish one message at QoS 1 with the service account; returns once the broker sent PUBACK."""
     session = _Session(
         username=settings.MQTT_SERVICE_USERNAME, password=settings.MQTT_SERVICE_PASSWORD, timeout=timeout, prefix="iiot-publisher"
     )
     session.open()
     try:
-        info = session.client.publish(topic, payload, qos=1)
+        info = session.client.publish(topic, payload, qos=1, retain=retain)
         try:
             info.wait_for_publish(session.timeout)
         except (RuntimeError, ValueError) as exc:

@@ -59,12 +59,13 @@ def find_plugin() -> str:
 
 
 def service_role_acls() -> list[dict[str, Any]]:
-    """The ingest service: reads every tenant's device topics (shared or not), sends commands."""
+    """The ingest service: reads every tenant's device topics (shared or not), sends commands and shared attributes."""
     return [
         {"acltype": "subscribePattern", "topic": "$share/ingest/iiot/#", "priority": 0, "allow": True},
         {"acltype": "subscribePattern", "topic": "iiot/#", "priority": 0, "allow": True},
         {"acltype": "publishClientReceive", "topic": "iiot/#", "priority": 0, "allow": True},
         {"acltype": "publishClientSend", "topic": "iiot/+/+/commands", "priority": 0, "allow": True},
+        {"acltype": "publishClientSend", "topic": "iiot/+/+/attributes/shared", "priority": 0, "allow": True},
     ]
 
 

@@ -245,6 +245,7 @@ def create_device(*, actor: User | None, client: ClientInfo | None, uid: str, na
         DeviceAttribute.objects.bulk_create(
             [DeviceAttribute(device=device, scope=AttributeScope.SHARED, key=k, value=v) for k, v in profile.default_attributes.items()]
         )
+        _push_shared_attributes_after_commit(device.pk)
     record_audit("device.create", actor=actor, client=client, target=device, changes=diff({}, _device_snapshot(device)))
     return device
 
@@ -294,6 +295,8 @@ def delete_device(*, actor: User | None, client: ClientInfo | None, device: Devi
     tenant, uid = current_tenant(), device.uid
     device.delete()
     _after_commit_broker("device.delete", broker.remove_devices, [(tenant, uid)])
+    # An empty retained message removes the retained shared attributes from the broker.
+    _after_commit_broker("device.delete.shared_attributes", broker.publish_qos1, broker.device_topics(tenant, uid).shared_attributes, b"", retain=True)
 
 
 # --- Credentials --------------------------------------------------------------------------------
@@ -420,6 +423,8 @@ def set_attributes(*, actor: User | None, client: ClientInfo | None, device: Dev
     device = Device.objects.select_for_update().get(pk=device.pk)
     before = dict(DeviceAttribute.objects.filter(device=device, scope=scope, key__in=list(attributes)).values_list("key", "value"))
     _upsert_attributes(device.pk, scope, attributes)
+    if scope == AttributeScope.SHARED:
+        _push_shared_attributes_after_commit(device.pk)
     record_audit(
         "device.attributes.update",
         actor=actor,
@@ -428,6 +433,32 @@ def set_attributes(*, actor: User | None, client: ClientInfo | None, device: Dev
         changes=diff(before, {k: v for k, v in attributes.items() if v is not None}),
         metadata={"scope": scope},
     )
+
+
+def _push_shared_attributes_after_commit(device_pk: int) -> None:
+    from devices.tasks import publish_shared_attributes
+
+    transaction.on_commit(lambda: publish_shared_attributes.delay(device_pk))
+
+
+def shared_attributes_message(device: Device, now: datetime) -> bytes:
+    import json
+
+    shared = dict(DeviceAttribute.objects.filter(device=device, scope=AttributeScope.SHARED).order_by("key").values_list("key", "value"))
+    return json.dumps({"attributes": shared, "sent_at": now.isoformat()}).encode()
+
+
+def deliver_shared_attributes(*, device_pk: int) -> str:
+    """Publish the device's whole set of shared attributes, retained, to its `.../attributes/shared`
+    topic (QoS 1). Reads the set when it runs, so of several quick changes the last publish
+    carries the newest state; the device subscribes once and gets the current set on every
+    (re)connection. Quiet when the device is gone."""
+    device = Device.objects.filter(pk=device_pk).first()
+    if device is None:
+        return "skipped"
+    topic = broker.device_topics(current_tenant(), device.uid).shared_attributes
+    broker.publish_qos1(topic, shared_attributes_message(device, timezone.now()), retain=True)
+    return "published"
 
 
 def update_client_attributes(*, schema: str, device_uid: str, attributes: dict) -> None:

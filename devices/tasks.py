@@ -33,6 +33,19 @@ def publish_command(command_pk: int) -> str:
     return services.deliver_command(command_pk=command_pk)
 
 
+@app.task(
+    name="devices.publish_shared_attributes",
+    acks_late=True,
+    autoretry_for=(broker.BrokerUnavailable,),
+    retry_backoff=1,
+    retry_backoff_max=30,
+    max_retries=8,
+)
+def publish_shared_attributes(device_pk: int) -> str:
+    """Push a device's shared attributes to it (retained MQTT message); quiet when it is gone."""
+    return services.deliver_shared_attributes(device_pk=device_pk)
+
+
 @app.task(name="devices.expire_commands")
 def expire_commands() -> dict[str, int]:
     """Beat: time out commands the devices never answered, in every active tenant."""

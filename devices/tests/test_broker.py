@@ -39,6 +39,7 @@ def test_credential_is_shown_once_and_only_its_hash_stored(alpha, mqtt_broker, m
         "status": "iiot/alpha/cred-1/status",
         "commands": "iiot/alpha/cred-1/commands",
         "commands_response": "iiot/alpha/cred-1/commands/response",
+        "shared_attributes": "iiot/alpha/cred-1/attributes/shared",
     }
     with schema_context("alpha"):
         credential = DeviceCredential.objects.get(device=device, status="active")
@@ -251,3 +252,79 @@ def test_dynsec_password_hash_matches_mosquitto_ctrl(tmp_path):
     assert files.dynsec_file.read_text() == before  # idempotent
     conf = files.config_file.read_text()
     assert f"listener {files.port} 127.0.0.1" in conf and "allow_anonymous false" in conf and "max_queued_messages 0" in conf
+
+
+def test_shared_attributes_are_pushed_retained_to_the_device_only(alpha, mqtt_broker, mqtt_peers, django_capture_on_commit_callbacks):
+    from devices import tasks
+
+    profile = make_device("alpha").profile
+    with schema_context("alpha"):
+        profile = services.update_profile(actor=None, client=None, profile=profile, default_attributes={"sample_rate_s": 5})
+    with django_capture_on_commit_callbacks() as callbacks:
+        device = make_device("alpha", uid="shared-1", profile=profile)
+    # the profile's default shared attributes are pushed after commit
+    assert sum("_push_shared_attributes" in callback.__qualname__ for callback in callbacks) == 1
+    other = make_device("alpha", uid="shared-2", profile=profile)
+    secret, other_secret = _issue(alpha, device)["secret"], _issue(alpha, other)["secret"]
+    topic = "iiot/alpha/shared-1/attributes/shared"
+
+    peer = mqtt_peers("alpha/shared-1", secret)
+    assert peer.subscribe(topic) == ["Granted QoS 1"]
+    # Another device may not subscribe to it, nor read it through a wildcard.
+    intruder = mqtt_peers("alpha/shared-2", other_secret)
+    assert intruder.subscribe(topic)[0] != "Granted QoS 1"
+    assert intruder.subscribe("iiot/alpha/+/attributes/shared")[0] != "Granted QoS 1"
+
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        response = alpha.client("admin").put(
+            f"/api/v1/devices/{device.pk}/attributes", {"scope": "shared", "attributes": {"setpoint": 42.5, "mode": "eco"}}, format="json"
+        )
+    assert response.status_code == 200, response.content
+    assert sum("_push_shared_attributes" in callback.__qualname__ for callback in callbacks) == 1  # only after commit
+    with schema_context("alpha"):
+        assert tasks.publish_shared_attributes(device.pk) == "published"
+    payload = peer.wait_for_message(topic)
+    assert payload is not None
+    assert json.loads(payload)["attributes"] == {"mode": "eco", "sample_rate_s": 5, "setpoint": 42.5}
+
+    # Retained: a device that (re)connects later gets the current set as soon as it subscribes.
+    late = mqtt_peers("alpha/shared-1", secret)
+    assert late.subscribe(topic) == ["Granted QoS 1"]
+    assert json.loads(late.wait_for_message(topic))["attributes"]["setpoint"] == 42.5
+    assert intruder.wait_for_message(topic, timeout=0.5) is None
+
+    # Server attributes are not the device's business: nothing is enqueued for them.
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        alpha.client("admin").put(f"/api/v1/devices/{device.pk}/attributes", {"scope": "server", "attributes": {"note": "x"}}, format="json")
+    assert not any("_push_shared_attributes" in callback.__qualname__ for callback in callbacks)
+
+    # Deleting the device clears the retained message.
+    with schema_context("alpha"), django_capture_on_commit_callbacks(execute=True):
+        services.delete_device(actor=None, client=None, device=device)
+    watcher = mqtt_peers(settings.MQTT_SERVICE_USERNAME, settings.MQTT_SERVICE_PASSWORD)
+    assert watcher.subscribe(topic) == ["Granted QoS 1"]
+    assert watcher.wait_for_message(topic, timeout=1.0) is None
+
+
+def test_gone_device_shared_attributes_task_is_quiet(alpha, mqtt_broker):
+    from devices import tasks
+
+    with schema_context("alpha"):
+        assert tasks.publish_shared_attributes(987654321) == "skipped"
+
+
+def test_roles_from_an_older_release_gain_the_newer_acls(alpha, mqtt_broker, mqtt_peers):
+    """A device role created without the shared-attributes ACLs (an older release) gets them from
+    ensure_device_roles; running it again is harmless."""
+    device = make_device("alpha", uid="old-role")
+    secret = _issue(alpha, device)["secret"]
+    role = broker.device_role_name("alpha", "old-role")
+    topic = broker.device_topics("alpha", "old-role").shared_attributes
+    with broker.DynsecClient() as dynsec:
+        for acltype in ("subscribeLiteral", "publishClientReceive"):
+            dynsec.execute([{"command": "removeRoleACL", "rolename": role, "acltype": acltype, "topic": topic}])
+    assert mqtt_peers("alpha/old-role", secret).subscribe(topic)[0] != "Granted QoS 1"
+    with broker.DynsecClient() as dynsec:
+        broker.ensure_device_roles([("alpha", "old-role")], dynsec=dynsec)
+        broker.ensure_device_roles([("alpha", "old-role")], dynsec=dynsec)
+    assert mqtt_peers("alpha/old-role", secret).subscribe(topic) == ["Granted QoS 1"]
