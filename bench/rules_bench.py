@@ -4,14 +4,15 @@
     .venv/bin/python bench/rules_bench.py --quick    # under a minute (fewer devices, shorter windows)
 
 In a database of its own (iiot_bench_rules, dropped before and after), a broker configured as
-shipped and tenant `bench` with N devices (1,000; quick: 100), each with one enabled threshold
+shipped and tenant `bench` with N devices (1,000; quick: 300; 250 / 100 of them publish: the
+others exist so that the rules span N devices without N broker clients), each with one enabled threshold
 rule on its temperature (never met by the load: values 20-30), plus one rule on a probe device
 (temperature > 100). Then, with `manage.py ingest` (2 processes):
 (a) every rule disabled (the index empty): points stored in a window at a high offered rate;
 (b) the same with the rules enabled -> ingest_with_rules_vs_without = (b) / (a); windows
     alternate (a), (b), (a), (b) and the medians are compared;
 (c) at 10,000 msg/s (quick: 5,000; at most 80 % of (b)'s rate) of background load the probe publishes every 100 ms,
-    alternately 150 (fires: a new alert) and 20 (clears it); a poller reads the newest alert of
+    150 (fires: a new alert) then 20 four times (clears it); a poller reads the newest alert of
     the probe's rule -> publish-to-alert-stored alert_latency_p50_ms / alert_latency_p99_ms;
 (d) one statistical rule per device added: one windowed evaluation of the tenant -> windowed_eval_ms
     (must stay well under RULES_WINDOW_INTERVAL_S).
@@ -58,13 +59,19 @@ def _percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
 
 
-def _create_rules(probe_id: int) -> int:
+def _create_rules(probe_id: int, total_devices: int) -> int:
     from django_tenants.utils import schema_context
 
     from devices.models import Device
     from rules.models import Rule
 
     with schema_context("bench"):
+        # Devices beyond the publishing ones (no credential needed: they never publish) so that the
+        # rules span `total_devices` devices without provisioning broker clients for all of them.
+        profile_id = Device.objects.values_list("profile_id", flat=True).first()
+        have = Device.objects.count()
+        Device.objects.bulk_create([Device(uid=f"bench-idle-{n:05d}", name=f"idle {n}", profile_id=profile_id)
+                                    for n in range(max(0, total_devices - have))])  # fmt: skip
         rules = [
             Rule(name=f"hot {uid}", type="threshold", severity="major", target_kind="device", target_device_id=pk,
                  condition={"metric": "temperature", "op": "gt", "value": 1000.0, "clear_value": None, "for_s": 0},
@@ -156,15 +163,17 @@ def _measure(quick: bool, results: dict, errors: dict) -> None:
     from bench import run as bench_run
     from iiot.testing.mosquitto import broker_settings, running_mosquitto
 
-    n = 100 if quick else 1000
+    n = 300 if quick else 1000  # devices, one rule each
+    publishers = 100 if quick else 250  # of which publish (the load spreads over these)
     window = 5 if quick else 10
     rounds = 1 if quick else 2
     rate = 30000.0
     latency_rate = 5000.0 if quick else 10000.0
-    latency_s = 5 if quick else 15
+    latency_s = 8 if quick else 15
     with running_mosquitto() as broker, broker_settings(broker):
-        devices, probe, probe_id, metric_id = bench_run.provision(n - 1)
-        rule_id = _create_rules(probe_id)
+        devices, probe, probe_id, metric_id = bench_run.provision(publishers - 1)
+        rule_id = _create_rules(probe_id, n)
+        results["publishing_devices"] = publishers
         results["rules"] = n
         log_path = Path(broker.directory) / "ingest.log"
         ingest = _start_ingest(broker, log_path, rules_enabled=True)
@@ -226,9 +235,9 @@ def _latency(broker, devices, probe, rule_id: int, rate: float, duration: float)
     from bench import run as bench_run
 
     class AlternatingProber(bench_run.Prober):
-        """The probe device, publishing temperature 150 (fires) and 20 (clears) in turn."""
+        """The probe device, publishing temperature 150 (fires) then 20 (clears) four times, every 100 ms."""
 
-        hot = False
+        sent = 0
 
         def publish(self) -> int:
             try:
@@ -236,7 +245,8 @@ def _latency(broker, devices, probe, rule_id: int, rate: float, duration: float)
                     pass
             except BlockingIOError:
                 pass
-            self.hot = not self.hot
+            self.hot = self.sent % 5 == 0  # hot, then cold four times: every ingest process catches up
+            self.sent += 1
             ts = max(int(time.time() * 1000), self.last_ts + 1)
             self.last_ts = ts
             self.packet_id = self.packet_id % 65535 + 1

@@ -118,7 +118,7 @@ def _streaming(rule, devices, ids, zone, start, end, limit, result, record) -> N
     from rules.streaming import build_index, evaluate
 
     index, _ = build_index(connection.schema_name, [rule], devices, ids, zone)
-    series = sorted(index.by_series)
+    series = sorted((device_id, metric_id) for device_id, per_metric in index.by_device.items() for metric_id in per_metric)
     rows = _fetch(series, start, end, limit + 1)
     if len(rows) > limit:
         rows, result.truncated = rows[:limit], True

@@ -65,7 +65,9 @@ class Binding:
 @dataclass(slots=True)
 class TenantRules:
     schema: str
-    by_series: dict[tuple[int, int], list[Binding]] = field(default_factory=dict)
+    # device id -> metric id -> bindings: a message's points share a device, so a message of a
+    # device without rules costs one dict lookup.
+    by_device: dict[int, dict[int, list[Binding]]] = field(default_factory=dict)
     states: dict[tuple[int, int], SeriesState] = field(default_factory=dict)
     latest: dict[tuple[int, int], float] = field(default_factory=dict)
     bindings: int = 0
@@ -91,7 +93,7 @@ def build_index(schema: str, rows: Sequence[Rule], devices, ids: dict[str, int],
                 if rule.metric_id is None:
                     continue
                 binding = Binding(rule=rule, device_id=device.id, key=(rule.id, device.id))
-                index.by_series.setdefault((device.id, rule.metric_id), []).append(binding)
+                index.by_device.setdefault(device.id, {}).setdefault(rule.metric_id, []).append(binding)
                 index.bindings += 1
                 continue
             refs: dict = {}
@@ -106,7 +108,7 @@ def build_index(schema: str, rows: Sequence[Rule], devices, ids: dict[str, int],
                 continue
             binding = Binding(rule=rule, device_id=device.id, key=(rule.id, device.id), lookup=_lookup(refs, index.latest))
             for series in set(refs.values()):
-                index.by_series.setdefault(series, []).append(binding)
+                index.by_device.setdefault(series[0], {}).setdefault(series[1], []).append(binding)
                 referenced.add(series)
             index.bindings += 1
     return index, referenced
@@ -129,7 +131,7 @@ def load_tenant_rules(schema: str, *, client, previous: TenantRules | None = Non
         zone = selectors.tenant_timezone(schema)
     index, referenced = build_index(schema, rows, devices, ids, zone)
     latest = index.latest
-    keys = sorted({binding.key for bindings in index.by_series.values() for binding in bindings})
+    keys = sorted({binding.key for per_metric in index.by_device.values() for bindings in per_metric.values() for binding in bindings})
     index.states = read_states(client, schema, keys)
     if previous is not None:
         for key, state in index.states.items():
@@ -156,17 +158,22 @@ def evaluate(index: TenantRules, points: Sequence[Point], on_change: Callable, o
     """Judge `points` against the index's bindings (the streaming hook and the backtest both run
     this). `on_change(binding, state)` is called when a pair's persisted state changed,
     `on_event(binding, kind, ts, value, point)` when it fired or cleared. Returns evaluations."""
-    by_series = index.by_series
+    by_device = index.by_device
     states = index.states
     latest = index.latest
     evaluations = 0
+    device_id, per_metric = None, None
     for point in points:
-        series = (point.device_id, point.metric_id)
-        bindings = by_series.get(series)
+        if point.device_id != device_id:
+            device_id = point.device_id
+            per_metric = by_device.get(device_id)
+        if per_metric is None:
+            continue
+        bindings = per_metric.get(point.metric_id)
         if bindings is None:
             continue
         ts = point.ts.timestamp()
-        latest[series] = point.value
+        latest[(device_id, point.metric_id)] = point.value
         for binding in bindings:
             state = states.get(binding.key)
             if state is None:
@@ -222,6 +229,7 @@ class StreamingEvaluator:
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
+        self._dirty = threading.Event()
         self._writes: deque[tuple[str, str, str]] = deque()
         self._queues: list[queue.Queue] = [queue.Queue() for _ in range(workers or settings.RULES_ACTION_WORKERS)]
         self._threads: list[threading.Thread] = []
@@ -241,8 +249,9 @@ class StreamingEvaluator:
                 self._requested.add(schema)
                 self.invalidate(schema)
             return
-        by_series = index.by_series
-        if not by_series:
+        # One message, one device (the ingest pipeline routes by the device's topic): a device
+        # without rules costs this one lookup.
+        if not points or points[0].device_id not in index.by_device:
             return
         started = time.perf_counter()
         callbacks = self._callbacks.get(schema)
@@ -258,8 +267,12 @@ class StreamingEvaluator:
         writes = self._writes
         queues = self._queues
 
+        dirty = self._dirty
+
         def on_change(binding: Binding, state: SeriesState) -> None:
             writes.append((schema, state_field(*binding.key), state.pack()))
+            if not dirty.is_set():
+                dirty.set()
 
         def on_event(binding: Binding, kind: str, ts: float, value: float, point: Point) -> None:
             self.events += 1
@@ -349,7 +362,7 @@ class StreamingEvaluator:
                         self._stale.add(schema)
                     continue
                 self._tenants[schema] = index
-                logger.info("rules index loaded", extra={"schema": schema, "bindings": index.bindings, "series": len(index.by_series)})
+                logger.info("rules index loaded", extra={"schema": schema, "bindings": index.bindings, "devices": len(index.by_device)})
             metrics.INDEX_RULES.set(sum(index.bindings for index in list(self._tenants.values())))
 
     def _listener(self) -> None:
@@ -423,9 +436,18 @@ class StreamingEvaluator:
             logger.warning("rule states not stored in Redis", extra={"error": str(exc)[:300]})
 
     def _writer(self) -> None:
-        while not self._stop.wait(self.flush_s):
-            self._flush_writes()
-            self._report()
+        # Woken by the first state change after a flush (not on a timer: a thread waking every few
+        # milliseconds would take the GIL from the event loop for nothing), then waits flush_s to
+        # gather what follows into the same pipeline. Metrics are moved once a second.
+        last_report = time.monotonic()
+        while not self._stop.is_set():
+            if self._dirty.wait(timeout=1.0):
+                self._dirty.clear()
+                time.sleep(self.flush_s)
+                self._flush_writes()
+            if time.monotonic() - last_report >= 1.0:
+                self._report()
+                last_report = time.monotonic()
 
     def _report(self) -> None:
         points, evaluations, seconds = self.points, self.evaluations, self.seconds
