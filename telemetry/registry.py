@@ -29,13 +29,16 @@ from django.db import close_old_connections, connection, transaction
 from django.db.models.signals import post_delete, post_save
 from django_tenants.utils import get_public_schema_name, schema_context
 
+from iiot import pubsub as channels
+
 logger = logging.getLogger(__name__)
 
-CHANNEL_SUFFIX = ":registry"
+REGISTRY_TOPIC = "registry"
 
 
-def registry_channel(schema: str) -> str:
-    return f"{schema}{CHANNEL_SUFFIX}"
+def registry_channel(schema: str, url: str | None = None) -> str:
+    """`{schema}:db{n}:registry` (iiot/pubsub.py: pub/sub ignores the Redis database number)."""
+    return channels.channel(schema, REGISTRY_TOPIC, url=url)
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,7 +240,7 @@ class Registry:
             try:
                 client = redis.Redis.from_url(self.redis_url, socket_connect_timeout=2, socket_timeout=5)
                 pubsub = client.pubsub(ignore_subscribe_messages=True)
-                pubsub.psubscribe(f"*{CHANNEL_SUFFIX}")
+                pubsub.psubscribe(channels.pattern(REGISTRY_TOPIC, url=self.redis_url))
                 backoff = 0.5
                 # After (re)subscribing, anything may have been missed: reload everything soon.
                 for schema in self.loaded():
@@ -245,8 +248,7 @@ class Registry:
                 while not self._stop.is_set():
                     message = pubsub.get_message(timeout=1.0)
                     if message and message.get("type") == "pmessage":
-                        channel = message["channel"].decode() if isinstance(message["channel"], bytes) else message["channel"]
-                        schema = channel[: -len(CHANNEL_SUFFIX)]
+                        schema = channels.schema_of(message["channel"])
                         if schema in self._indexes:
                             self.invalidate(schema)
                 pubsub.close()
