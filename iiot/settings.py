@@ -240,6 +240,9 @@ RULES_STREAMING_ENABLED = env.bool("RULES_STREAMING_ENABLED", default=True)
 RULES_INDEX_REFRESH_S = env.float("RULES_INDEX_REFRESH_S", default=30.0)
 # Threads per ingest process that carry out firing rules' actions (alerts, commands).
 RULES_ACTION_WORKERS = env.int("RULES_ACTION_WORKERS", default=2)
+# The ingest process's GIL switch interval while the rules hook runs (Python's default is 5 ms): the
+# action threads' database round trips would otherwise wait up to that long for the busy event loop each.
+RULES_SWITCH_INTERVAL_MS = env.float("RULES_SWITCH_INTERVAL_MS", default=1.0)
 # Backtests read at most this many stored points.
 RULES_BACKTEST_MAX_POINTS = env.int("RULES_BACKTEST_MAX_POINTS", default=500_000)
 

@@ -31,6 +31,7 @@ import atexit
 import logging
 import os
 import queue
+import sys
 import threading
 import time
 from collections import deque
@@ -493,4 +494,7 @@ def build_hook() -> StreamingEvaluator | None:
     """settings.INGEST_STREAMING_HOOKS factory: one evaluator per ingest process."""
     if not settings.RULES_STREAMING_ENABLED:
         return None
+    interval = settings.RULES_SWITCH_INTERVAL_MS
+    if interval > 0:  # see settings: alert latency under load (measured 500 -> 75 ms p50 in bench/rules_bench.py)
+        sys.setswitchinterval(interval / 1000)
     return StreamingEvaluator().start()
