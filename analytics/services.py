@@ -32,6 +32,9 @@ FORECAST_METHODS: tuple[str, ...] = ("linear", "holt_winters")
 DEFAULT_TREND_THRESHOLD = 0.01  # |slope| per minute below which a trend is "stable"
 MIN_POINTS = {"timeseries": 1, "statistics": 2, "trends": 2, "correlation": 3, "linear": 3}
 CORRELATION_DEFAULT_BUCKETS = 1000
+# Default grid for ranges of an hour or more: 1-minute means (served by the 1-minute rollups) or
+# coarser; shorter ranges get finer buckets from raw points.
+CORRELATION_DEFAULT_MIN_BUCKET_S = 60
 CORRELATION_MAX_BUCKETS = 10_000
 # Holt-Winters runs on hourly means with a daily season, and needs two whole seasons to start.
 HOLT_WINTERS_STEP_S = 3600
@@ -270,7 +273,8 @@ def pearson(x: np.ndarray, y: np.ndarray) -> tuple[float | None, float | None]:
 def correlation_bucket_seconds(start: datetime, end: datetime, requested: int | None) -> int:
     span = (end - start).total_seconds()
     if requested is None:
-        return telemetry_selectors.choose_bucket_seconds(start, end, CORRELATION_DEFAULT_BUCKETS)
+        width = telemetry_selectors.choose_bucket_seconds(start, end, CORRELATION_DEFAULT_BUCKETS)
+        return max(width, CORRELATION_DEFAULT_MIN_BUCKET_S) if span >= 3600 else width
     if requested > span:
         raise ValidationError({"bucket_seconds": [f"A bucket of {requested} s is longer than the range ({span:g} s)."]})
     if telemetry_selectors.bucket_count(start, end, requested) > CORRELATION_MAX_BUCKETS:

@@ -289,7 +289,11 @@ class CorrelationView(AnalyticsView):
                 many=True,
                 description="Other devices: `12` (the same metrics) or `12:humidity` (one metric); repeat or comma-separate.",
             ),
-            OpenApiParameter("bucket_seconds", int, description="Grid width; default: the finest giving at most 1000 buckets."),
+            OpenApiParameter(
+                "bucket_seconds",
+                int,
+                description="Grid width in seconds; default: 1 minute for ranges of an hour or more (coarser to stay within 1000 buckets), finer for shorter ranges.",
+            ),
         ],
         responses={200: CorrelationResponseSerializer},
     )
