@@ -86,6 +86,9 @@ INSTALLED_APPS = list(SHARED_APPS) + [app for app in TENANT_APPS if app not in S
 TENANT_MODEL = "tenants.Tenant"
 TENANT_DOMAIN_MODEL = "tenants.Domain"
 PUBLIC_SCHEMA_NAME = "public"
+# SET search_path once per connection and schema switch, not before every query (django-tenants
+# re-issues it after a rollback or a savepoint rollback, which undo it): half the round trips.
+TENANT_LIMIT_SET_CALLS = env.bool("TENANT_LIMIT_SET_CALLS", default=True)
 PUBLIC_SCHEMA_URLCONF = "iiot.urls_public"
 ROOT_URLCONF = "iiot.urls_tenant"
 IIOT_PUBLIC_DOMAIN = env.str("IIOT_PUBLIC_DOMAIN", default="localhost")
