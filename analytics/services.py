@@ -421,9 +421,11 @@ def _linear(
     t_value = float(stats.t.ppf(0.5 + confidence / 200.0, n - 2))
     assert fit.last_ts is not None
     points = []
+    last_x = _minutes(fit.last_ts, start)
     for k in range(1, horizon + 1):
+        # x from the exact step, not from the timestamp (a timedelta rounds to whole microseconds).
         ts = fit.last_ts + timedelta(seconds=step_s * k)
-        x = _minutes(ts, start)
+        x = last_x + step_s * k / 60
         value = intercept + slope * x
         half = t_value * s * math.sqrt(1 + 1 / n + (x - fit.avg_x) ** 2 / fit.sxx)
         points.append({"ts": ts, "value": value, "lower": value - half, "upper": value + half})

@@ -200,7 +200,7 @@ def test_moving_average_and_rate_match_numpy(subject, data, window, page_size):
                 break
             after = page["next_ts"]
     v = np.array(values)
-    t = np.round(np.array(offsets) * 1_000_000) / 1_000_000
+    t_us = np.round(np.array(offsets) * 1_000_000).astype(np.int64)  # exact differences, no cancellation
     scale = float(np.max(np.abs(v)))
     assert [row["value"] for row in rows] == values
     for i, row in enumerate(rows):
@@ -211,8 +211,9 @@ def test_moving_average_and_rate_match_numpy(subject, data, window, page_size):
         if i == 0:
             assert row["rate_of_change_per_minute"] is None
         else:
-            expected = (v[i] - v[i - 1]) / ((t[i] - t[i - 1]) / 60)
-            assert close(row["rate_of_change_per_minute"], float(expected), scale / ((t[i] - t[i - 1]) / 60))
+            minutes = int(t_us[i] - t_us[i - 1]) / 60_000_000
+            expected = (v[i] - v[i - 1]) / minutes
+            assert close(row["rate_of_change_per_minute"], float(expected), scale / minutes)
 
 
 @given(data=series(min_size=1, max_size=40), window_s=st.sampled_from([1, 30, 300, 3600]))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import secrets
 from datetime import UTC, datetime
 
 import psycopg
@@ -14,6 +15,8 @@ from telemetry.storage import TelemetryWriter, database_conninfo
 
 TENANTS = ("alpha", "beta")
 _names = itertools.count(1)
+# Names unique to this run: transactional tests elsewhere may leave committed "dev-N" rows behind.
+_RUN = secrets.token_hex(3)
 
 
 def make_device(schema: str, *, metrics: tuple[str, ...] = ()):
@@ -22,10 +25,10 @@ def make_device(schema: str, *, metrics: tuple[str, ...] = ()):
 
     n = next(_names)
     with schema_context(schema):
-        profile = DeviceProfile.objects.create(name=f"profile-{n}")
+        profile = DeviceProfile.objects.create(name=f"profile-{_RUN}-{n}")
         for name in metrics:
             ProfileMetric.objects.create(profile=profile, metric=make_metric(schema, name))
-        return Device.objects.create(uid=f"dev-{n}", name=f"Device {n}", profile=profile)
+        return Device.objects.create(uid=f"dev-{_RUN}-{n}", name=f"Device {n}", profile=profile)
 
 
 def make_metric(schema: str, name: str, unit: str = ""):
