@@ -109,3 +109,43 @@ def _simulator_answers_a_command(mqtt_broker, tmp_path):
         ingest.terminate()
         time.sleep(0.5)
         _cleanup(prefix)
+
+
+def test_demo_signals_cross_the_demo_thresholds_now_and_then():
+    """The demo rules fire on faults, not all the time: over a simulated day of 12 devices the
+    vibration and temperature thresholds are crossed, by a small share of the samples."""
+    from telemetry.management.commands.simulate import DEMO_RULES
+
+    rules = {rule["name"]: rule["condition"] for rule in DEMO_RULES}
+    rng = random.Random(3)
+    crossed = {"Vibration high": 0, "Overheating": 0}
+    total = 0
+    for device in range(12):
+        signal = PlantSignal(rng=random.Random(rng.random()), phase=rng.uniform(-0.5, 0.5), load=rng.uniform(0.3, 0.9))
+        for second in range(0, 86_400, 6):
+            sample = signal.sample(1_767_225_600 + second + device)
+            if sample is None:
+                continue
+            total += 1
+            crossed["Vibration high"] += sample["vibration"] > rules["Vibration high"]["value"]
+            crossed["Overheating"] += sample["temperature"] > rules["Overheating"]["value"]
+    for name, count in crossed.items():
+        assert 0 < count < 0.05 * total, (name, count, total)
+
+
+@pytest.mark.django_db
+def test_demo_rules_are_created_once_on_the_simulator_profile(alpha, tmp_path):
+    from rules.models import Rule
+    from telemetry.management.commands.simulate import DEMO_RULES, PROFILE_NAME, ensure_demo_rules
+
+    prefix = f"simr{uuid.uuid4().hex[:4]}"
+    ensure_plant("alpha", 2, prefix, secrets_path(tmp_path, "alpha"))
+    names = [rule["name"] for rule in DEMO_RULES]
+    with schema_context("alpha"):
+        Rule.objects.filter(name__in=names).delete()
+    assert ensure_demo_rules("alpha") == names
+    assert ensure_demo_rules("alpha") == []  # idempotent
+    with schema_context("alpha"):
+        rules = list(Rule.objects.filter(name__in=names).select_related("target_profile"))
+        assert {rule.type for rule in rules} == {"threshold", "zscore", "no_data"}
+        assert all(rule.enabled and rule.target_profile.name == PROFILE_NAME for rule in rules)

@@ -106,6 +106,43 @@ def ensure_plant(tenant: str, count: int, prefix: str, path: Path) -> dict[str, 
     return {uid: known[uid] for uid in uids}
 
 
+# A few rules that fire now and then on the simulated plant (faults, dropouts): the demo's alerts.
+DEMO_RULES = [
+    {"name": "Vibration high", "type": "threshold", "severity": "major",
+     "description": "Vibration above 7 mm/s for 5 s; clears below 5 mm/s.",
+     "condition": {"metric": "vibration", "op": "gt", "value": 7, "clear_value": 5, "for_s": 5}},
+    {"name": "Overheating", "type": "threshold", "severity": "critical",
+     "description": "Temperature above 46 °C; clears below 42 °C.",
+     "condition": {"metric": "temperature", "op": "gt", "value": 46, "clear_value": 42}},
+    {"name": "Motor current unusual", "type": "zscore", "severity": "minor",
+     "description": "Motor current more than 4 standard deviations from its last 10 minutes.",
+     "condition": {"metric": "motor_current", "window_s": 600, "k": 4, "direction": "both", "min_points": 30}},
+    {"name": "Sensor silent", "type": "no_data", "severity": "warning",
+     "description": "No data from a sensor for 20 s (a dropout).",
+     "condition": {"metric": None, "seconds": 20}},
+]  # fmt: skip
+
+
+def ensure_demo_rules(tenant: str) -> list[str]:
+    """Create the DEMO_RULES on the simulator's profile where a rule of that name is missing
+    (idempotent; rules a user edited are left alone). Returns the names created."""
+    from django_tenants.utils import schema_context
+
+    from devices.models import DeviceProfile
+    from rules import services as rule_services
+    from rules.models import Rule
+
+    created = []
+    with schema_context(tenant):
+        profile = DeviceProfile.objects.get(name=PROFILE_NAME)
+        existing = set(Rule.objects.filter(name__in=[rule["name"] for rule in DEMO_RULES]).values_list("name", flat=True))
+        for spec in DEMO_RULES:
+            if spec["name"] not in existing:
+                rule_services.create_rule(actor=None, client=None, target_kind="profile", target_profile=profile, **spec)
+                created.append(spec["name"])
+    return created
+
+
 def rotate_credential(tenant: str, uid: str, path: Path) -> str:
     from django_tenants.utils import schema_context
 
@@ -300,6 +337,7 @@ class Command(BaseCommand):
         parser.add_argument("--url", default=None, help="Broker URL (default settings.MQTT_DEVICE_URL).")
         parser.add_argument("--state-dir", default=None, help="Where device secrets are kept (default var/simulator).")
         parser.add_argument("--seed", type=int, default=None)
+        parser.add_argument("--rules", action="store_true", help="Also create the demo rules on the profile (idempotent, by name).")
 
     def handle(self, *args, **options) -> None:
         tenant, count, rate = options["tenant"], options["devices"], options["rate"]
@@ -308,6 +346,9 @@ class Command(BaseCommand):
         state_dir = Path(options["state_dir"] or Path(settings.BASE_DIR) / "var" / "simulator")
         path = secrets_path(state_dir, tenant)
         secrets_by_uid = ensure_plant(tenant, count, options["prefix"], path)
+        if options["rules"]:
+            created = ensure_demo_rules(tenant)
+            self.stdout.write(f"Demo rules: {', '.join(created) if created else 'already there'}.")
         rng = random.Random(options["seed"])
         interval = count / rate
         devices = [
