@@ -18,7 +18,9 @@ Everything runs on 127.0.0.1 in a database of its own (iiot_bench, dropped befor
 3. then, each in a child process with a database and broker of its own (`--parts`):
    rules (bench/rules_bench.py: alert_latency_p50_ms/p99_ms, ingest_with_rules_vs_without),
    ws (bench/ws_bench.py: ws_clients, ws_latency_p50_ms/p99_ms, ws_clients_dropped, web_rss_mb),
-   analytics (bench/analytics_bench.py: analytics_30d_p95_ms, analytics_1h_p95_ms, analytics_points).
+   analytics (bench/analytics_bench.py: analytics_30d_p95_ms, analytics_1h_p95_ms, analytics_points),
+   pages (bench/pages_bench.py: server time of the operator pages and the admin with 1,000 devices,
+   page_<name>_p95_ms and pages_slowest_p95_ms).
 A failed part prints its error and reports its keys as null.
 """
 
@@ -59,7 +61,7 @@ BENCH_ENV = {
     "LOG_LEVEL": "WARNING",
     "DJANGO_SETTINGS_MODULE": "iiot.settings",
 }
-PARTS = {"rules": "rules_bench", "ws": "ws_bench", "analytics": "analytics_bench"}
+PARTS = {"rules": "rules_bench", "ws": "ws_bench", "analytics": "analytics_bench", "pages": "pages_bench"}
 KEYS = (
     "ingest_points_per_s", "ingest_qos0_points_per_s", "ingest_msgs_per_s", "mosquitto_sub_msgs_per_s",
     "ingest_vs_mosquitto_sub", "ingest_latency_p50_ms", "ingest_latency_p99_ms", "points_lost", "ingest_rss_mb",
@@ -67,6 +69,7 @@ KEYS = (
     "alert_latency_p50_ms", "alert_latency_p99_ms", "ingest_with_rules_vs_without",
     "ws_clients", "ws_latency_p50_ms", "ws_latency_p99_ms", "ws_clients_dropped", "web_rss_mb",
     "analytics_30d_p95_ms", "analytics_1h_p95_ms", "analytics_points",
+    "pages_slowest_p95_ms",
 )  # fmt: skip
 PYTHON = sys.executable
 
@@ -535,9 +538,9 @@ def main() -> None:
     parser.add_argument("--skip-storage", action="store_true")
     parser.add_argument("--skip-ingest", action="store_true")
     parser.add_argument(
-        "--parts", default="rules,ws,analytics",
+        "--parts", default="rules,ws,analytics,pages",
         help="later parts, each in a database of its own: rules (bench/rules_bench.py), ws (bench/ws_bench.py), "
-             "analytics (bench/analytics_bench.py); empty for none",
+             "analytics (bench/analytics_bench.py), pages (bench/pages_bench.py); empty for none",
     )  # fmt: skip
     args = parser.parse_args()
 
