@@ -23,6 +23,7 @@ from psycopg import sql
 
 from accounts.models import User
 from accounts.services import diff, record_audit
+from iiot import pubsub
 from iiot.request_context import ClientInfo
 from rules import metrics, selectors
 from rules.evaluation import CLEAR, FIRE, CompiledRule, SeriesState, WindowStats, compile_rule, epoch, windowed_step
@@ -34,12 +35,12 @@ RULE_FIELDS = (
     "name", "description", "type", "severity", "enabled", "target_kind", "target_device", "target_profile",
     "target_labels", "condition", "schedule", "cooldown_s", "actions",
 )  # fmt: skip
-CHANNEL_SUFFIX = ":rules"
 CLEAR_ATTEMPTS = 3
 
 
 def rules_channel(schema: str) -> str:
-    return f"{schema}{CHANNEL_SUFFIX}"
+    """The tenant's rules-changed channel (`{schema}:db{n}:rules`, iiot/pubsub.py)."""
+    return pubsub.channel(schema, "rules")
 
 
 def state_key(schema: str) -> str:

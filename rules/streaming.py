@@ -6,13 +6,13 @@ validated points, before their batch commits. The hook must be fast and never bl
 
 - each tenant's enabled threshold and comparison rules are compiled into an in-memory index
   `(device_id, metric_id) -> [bindings]` by a loader thread: on first sight of the tenant, when
-  `rules.services` announces a change on `{schema}:rules` (Redis pub/sub, after commit), when the
-  device registry changes (`{schema}:registry`: a new device of a profile, changed labels), and
+  `rules.services` announces a change on `{schema}:db{n}:rules` (Redis pub/sub, iiot/pubsub.py, after commit), when the
+  device registry changes (`{schema}:db{n}:registry`: a new device of a profile, changed labels), and
   every settings.RULES_INDEX_REFRESH_S as a safety net. Readers take a reference, never lock;
 - a point whose series has no binding costs one dict lookup;
 - the rule state (`for` pending start, firing, last firing for the cooldown) is kept in memory and
   every change is queued for a writer thread that stores it in Redis, pipelined, every few
-  milliseconds (`{schema}:rules:state`, shared with the windowed evaluator and read back on load,
+  milliseconds (hash `{schema}:rules:state`, announced on `{schema}:db{n}:rules:state`, shared with the windowed evaluator and read back on load,
   so it survives restarts and is seen by the other processes when they reload);
 - comparison rules read the other metrics from an in-memory map of the newest values of the
   series they reference, fed by the points passing through and seeded from Redis on load;
@@ -43,6 +43,7 @@ from django.conf import settings
 from django.db import close_old_connections
 from django_tenants.utils import get_public_schema_name, schema_context
 
+from iiot import pubsub as channels
 from rules import metrics
 from rules.evaluation import CompiledRule, SeriesState, comparison_step, compile_rule, threshold_step
 from rules.models import Rule, RuleType
@@ -51,8 +52,10 @@ from telemetry.storage import Point
 
 logger = logging.getLogger(__name__)
 
-PATTERNS = ("*:rules", "*:registry", "*:rules:state")
-STATE_CHANNEL_SUFFIX = ":rules:state"
+# Channels (iiot/pubsub.py, `{schema}:db{n}:{topic}`): rules changed, registry changed, and rule
+# states changed by another ingest process.
+TOPICS = ("rules", "registry", "rules:state")
+STATE_TOPIC = "rules:state"
 
 
 @dataclass(slots=True)
@@ -374,7 +377,7 @@ class StreamingEvaluator:
             try:
                 client = redis.Redis.from_url(self.redis_url, socket_connect_timeout=2, socket_timeout=5)
                 pubsub = client.pubsub(ignore_subscribe_messages=True)
-                pubsub.psubscribe(*PATTERNS)
+                pubsub.psubscribe(*(channels.pattern(topic, url=self.redis_url) for topic in TOPICS))
                 backoff = 0.5
                 for schema in list(self._tenants):
                     self.invalidate(schema)
@@ -382,10 +385,10 @@ class StreamingEvaluator:
                     message = pubsub.get_message(timeout=0.5)
                     if message and message.get("type") == "pmessage":
                         channel = message["channel"].decode() if isinstance(message["channel"], bytes) else message["channel"]
-                        if channel.endswith(STATE_CHANNEL_SUFFIX):
-                            self._adopt(channel[: -len(STATE_CHANNEL_SUFFIX)], message["data"])
+                        schema = channels.schema_of(channel)
+                        if channel.endswith(":" + STATE_TOPIC):
+                            self._adopt(schema, message["data"])
                             continue
-                        schema = channel.rsplit(":", 1)[0]
                         if schema in self._tenants or schema in self._requested:
                             self.invalidate(schema)
                 pubsub.close()
@@ -431,7 +434,7 @@ class StreamingEvaluator:
             for schema, mapping in per_schema.items():
                 pipe.hset(state_key(schema), mapping=mapping)
                 # The other ingest processes see the same devices (shared subscription): they adopt it.
-                pipe.publish(f"{schema}{STATE_CHANNEL_SUFFIX}", orjson.dumps({"origin": self.origin, "states": mapping}))
+                pipe.publish(channels.channel(schema, STATE_TOPIC, url=self.redis_url), orjson.dumps({"origin": self.origin, "states": mapping}))
             pipe.execute()
         except Exception as exc:  # the state stays in memory; the next change writes it again
             logger.warning("rule states not stored in Redis", extra={"error": str(exc)[:300]})

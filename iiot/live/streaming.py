@@ -20,11 +20,11 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
-from urllib.parse import urlparse
 
 import orjson
 from django.conf import settings
 
+from iiot import pubsub as channels
 from telemetry.storage import Point, ts_to_ms
 
 logger = logging.getLogger(__name__)
@@ -34,24 +34,17 @@ def live_redis_url() -> str:
     return getattr(settings, "LIVE_REDIS_URL", "") or settings.CHANNEL_LAYERS["default"]["CONFIG"]["hosts"][0]
 
 
-def _namespace() -> str:
-    # Redis pub/sub ignores database numbers: the channel carries it, so that instances (and test
-    # runs) sharing one Redis on different databases never see each other's updates.
-    path = urlparse(live_redis_url()).path.strip("/") or "0"
-    return f"db{path}"
-
-
 def live_channel(schema: str) -> str:
-    """The tenant's telemetry channel; like every Redis name, it starts with the tenant."""
-    return f"{schema}:live:{_namespace()}:telemetry"
+    """The tenant's telemetry channel, `{schema}:db{n}:live:telemetry` (iiot/pubsub.py)."""
+    return channels.channel(schema, "live:telemetry", url=live_redis_url())
 
 
 def live_channel_pattern() -> str:
-    return f"*:live:{_namespace()}:telemetry"
+    return channels.pattern("live:telemetry", url=live_redis_url())
 
 
 def schema_of_channel(channel: str) -> str:
-    return channel.split(":", 1)[0]
+    return channels.schema_of(channel)
 
 
 class LivePublisher:
