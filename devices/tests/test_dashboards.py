@@ -1,9 +1,8 @@
-"""Fleet overview and device page: content, filters, permissions, tenant isolation, query counts
-and server time with 1,000 devices."""
+"""Fleet overview and device page: content, filters, permissions, tenant isolation, and query counts
+with 1,000 devices (in the operator pages and the admin)."""
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime
 
 import pytest
@@ -163,17 +162,31 @@ def test_fleet_and_device_pages_with_1000_devices_query_count_and_time(alpha, th
     with django_assert_max_num_queries(MAX_STATEMENTS):
         response = client.get("/devices/")
     assert response.status_code == 200 and b"bulk-0000" in response.content and b"page 1 of" in response.content
-    timings = []
-    for _ in range(3):
-        began = time.perf_counter()
-        assert client.get("/devices/?label=line:3").status_code == 200
-        timings.append(time.perf_counter() - began)
-    assert sorted(timings)[1] < 0.3, timings
+    with django_assert_max_num_queries(MAX_STATEMENTS):
+        response = client.get("/devices/?label=line:3")
+    assert response.status_code == 200 and b"bulk-0003" in response.content and b"bulk-0004" not in response.content
     with schema_context("alpha"):
         device = Device.objects.filter(uid="bulk-0500").first()
     with django_assert_max_num_queries(MAX_STATEMENTS):
         response = client.get(f"/devices/{device.pk}/")
     assert response.status_code == 200
-    began = time.perf_counter()
-    client.get(f"/devices/{device.pk}/")
-    assert time.perf_counter() - began < 0.3
+    # Server time with 1,000 devices is measured by `make bench` (page_*_ms), not asserted here.
+
+
+def test_admin_device_and_profile_lists_with_1000_devices(alpha, thousand_devices, django_assert_max_num_queries):
+    client = Client(HTTP_HOST=alpha.domain)
+    with schema_context("alpha"):
+        client.force_login(alpha.users["admin"])
+    client.get("/admin/devices/device/")  # warm-up
+    with django_assert_max_num_queries(MAX_STATEMENTS):
+        response = client.get("/admin/devices/device/")
+    html = response.content.decode()
+    assert response.status_code == 200
+    assert "1000 devices" in html or "1,000 devices" in html  # the change list's total
+    assert "bulk-0000" in html
+    with django_assert_max_num_queries(MAX_STATEMENTS):
+        response = client.get("/admin/devices/device/?q=bulk-0999")
+    assert response.status_code == 200 and "bulk-0999" in response.content.decode()
+    with django_assert_max_num_queries(MAX_STATEMENTS):
+        response = client.get("/admin/devices/deviceprofile/")
+    assert response.status_code == 200 and "bulk" in response.content.decode()

@@ -155,6 +155,17 @@ def test_tenant_admin_portal_hides_tenants(alpha, client):
     assert client.get("/admin/tenants/tenant/", HTTP_HOST=alpha.domain).status_code in (403, 404, 302)
 
 
+def test_tenant_admin_cannot_reach_the_public_admin(alpha, client):
+    """Tenant users live in their tenant's schema: the public host does not know them."""
+    response = client.post("/admin/login/", {"username": alpha.email("admin"), "password": PASSWORD}, HTTP_HOST="localhost")
+    assert response.status_code == 200 and b"Please enter the correct" in response.content
+    assert client.get("/admin/tenants/tenant/", HTTP_HOST="localhost").status_code == 302  # to the login page
+    # nor does a session made on the tenant's host carry over to the public host
+    client.post("/admin/login/", {"username": alpha.email("admin"), "password": PASSWORD}, HTTP_HOST=alpha.domain)
+    response = client.get("/admin/tenants/tenant/", HTTP_HOST="localhost")
+    assert response.status_code == 302 and "/admin/login/" in response["Location"]
+
+
 def test_admin_portal_form_reports_bad_input_without_a_500(platform, db, client):
     client.post("/admin/login/", {"username": "staff@platform.example.com", "password": PASSWORD}, HTTP_HOST="localhost")
     response = client.post(
