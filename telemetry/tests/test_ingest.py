@@ -218,13 +218,6 @@ def test_database_connection_killed_under_load_is_retried_without_loss(ingest_br
     assert "batch write failed; retrying" in process.log()
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="Mosquitto 2.0.11 does not persist shared subscriptions: after a restart the session is present "
-    "(session_present=1) but the $share subscription is gone until the ingest re-subscribes (it does, on every "
-    "connect). Passes when run alone; in the full module a part of the messages queued around the restart "
-    "is still lost (seen: 52,752 of 64,000 points). Under investigation, see the ingest report.",
-)
 @pytest.mark.django_db
 def test_broker_graceful_restart_loses_and_duplicates_nothing(ingest_broker, plant, ingest):
     process = ingest()
