@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from django_tenants.utils import schema_context
@@ -44,8 +45,8 @@ def plant(ingest_broker, platform, django_db_blocker):
 def ingest(ingest_broker, plant, tmp_path):
     processes: list[IngestProcess] = []
 
-    def start(**env) -> IngestProcess:
-        process = IngestProcess(ingest_broker, tmp_path, **env)
+    def start(workers: int = 1, **env) -> IngestProcess:
+        process = IngestProcess(ingest_broker, tmp_path, processes=workers, **env)
         process.start()
         processes.append(process)
         return process
@@ -260,3 +261,43 @@ def test_qos0_and_graceful_shutdown_acknowledges_what_committed(ingest_broker, p
     assert wait_for(lambda: count_points("alpha", ids) - before >= 2000 + sent * 4, 30)
     time.sleep(0.5)
     assert count_points("alpha", ids) - before == 2000 + sent * 4
+
+
+@pytest.mark.django_db
+def test_two_processes_share_the_stream_and_stop_together(ingest_broker, plant, ingest):
+    """`ingest --processes 2`: this process is instance 0 and spawns instance 1; the broker splits
+    the shared subscription between them; SIGTERM stops both after their last commit."""
+    process = ingest(workers=2)
+    log = process.log()
+    assert log.count("ingest subscribed") == 2
+    children = _children(process.process.pid)
+    assert children  # instance 1 (and possibly multiprocessing's resource tracker)
+    ids = [d.pk for d in plant.devices]
+    before = count_points("alpha", ids)
+    publishers = _publishers(ingest_broker, plant)
+    sent = _stream(publishers, 500, _base_ms() + 600_000)
+    _close(publishers)
+    assert wait_for(lambda: count_points("alpha", ids) - before >= sent * 4, 30)
+    assert process.terminate() == 0
+    assert process.log().count("ingest stopped") == 2
+    assert not [pid for pid in children if Path(f"/proc/{pid}").exists() and "Z" not in _state(pid)]
+    assert count_points("alpha", ids) - before == sent * 4
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "Z"

@@ -118,8 +118,9 @@ def ingest_env(broker, **extra: str) -> dict[str, str]:
 class IngestProcess:
     """`manage.py ingest` as a subprocess (the real command, killed for real)."""
 
-    def __init__(self, broker, log_dir: Path, *, group: str | None = None, instance: int = 0, **env: str) -> None:
+    def __init__(self, broker, log_dir: Path, *, group: str | None = None, instance: int = 0, processes: int = 1, **env: str) -> None:
         self.broker = broker
+        self.processes = processes
         # The broker lets the service account subscribe in group `ingest` only.
         self.group = group or "ingest"
         self.instance = instance
@@ -132,7 +133,8 @@ class IngestProcess:
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child keeps it
         self.process = subprocess.Popen(
-            [sys.executable, "manage.py", "ingest", "--group", self.group, "--instance", str(self.instance), "--stats-interval", "2"],
+            [sys.executable, "manage.py", "ingest", "--group", self.group, "--instance", str(self.instance), "--stats-interval", "2",
+             "--processes", str(self.processes)],  # fmt: skip
             cwd=ROOT,
             env=self.env,
             stdout=log,
@@ -144,7 +146,7 @@ class IngestProcess:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"ingest exited with {self.process.returncode}:\n{self.log()[-3000:]}")
-            if self.log_path.exists() and "ingest subscribed" in self.log_path.read_text(errors="replace")[offset:]:
+            if self.log_path.exists() and self.log_path.read_text(errors="replace")[offset:].count("ingest subscribed") >= self.processes:
                 return
             time.sleep(0.1)
         raise RuntimeError(f"ingest did not subscribe within {timeout} s:\n{self.log()[-3000:]}")

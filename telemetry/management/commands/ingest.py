@@ -1,7 +1,7 @@
 """`python manage.py ingest`: the MQTT ingest service (see telemetry/transports/mqtt.py).
 
     python manage.py ingest                    # one process, client id ingest-<host>-0
-    python manage.py ingest --processes 2      # two worker processes (ids -0 and -1)
+    python manage.py ingest --processes 2      # two worker processes (ids -0, this one, and -1)
     python manage.py ingest --instance 3       # when a supervisor starts the command N times
 
 All processes join the shared subscription group `ingest`, so the broker splits the stream
@@ -18,6 +18,7 @@ import multiprocessing
 import os
 import signal
 import time
+from collections.abc import Callable
 
 from django.core.management.base import BaseCommand
 
@@ -38,7 +39,9 @@ def load_streaming_hooks() -> list:
     return hooks
 
 
-def run_instance(instance: int, url: str | None, stats_interval: float, group: str = "ingest") -> None:
+def run_instance(
+    instance: int, url: str | None, stats_interval: float, group: str = "ingest", on_signal: Callable[[], None] | None = None
+) -> None:
     from telemetry.pipeline import Pipeline
     from telemetry.registry import Registry
     from telemetry.transports.base import IngestService
@@ -51,8 +54,14 @@ def run_instance(instance: int, url: str | None, stats_interval: float, group: s
         transport = MqttTransport(service, url=url, client_id=default_client_id(instance, group), group=group)
         service.metrics.watch(transport)  # iiot_ingest_broker_connected follows transport.connected
         loop = asyncio.get_running_loop()
+
+        def stop() -> None:
+            if on_signal is not None:
+                on_signal()
+            transport.stop()
+
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, transport.stop)
+            loop.add_signal_handler(sig, stop)
 
         async def report() -> None:
             previous, started = 0, time.monotonic()
@@ -97,23 +106,25 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options) -> None:
         count, first = max(1, options["processes"]), options["instance"]
-        if count == 1:
-            run_instance(first, options["url"], options["stats_interval"], options["group"])
-            return
+        url, interval, group = options["url"], options["stats_interval"], options["group"]
+        # This process is the first instance; the others are spawned children. No idle supervisor:
+        # each process holds a Django (~80 MB), so one fewer matters to the ingest's footprint.
         context = multiprocessing.get_context("spawn")
         children = [
-            context.Process(target=_child, args=(first + n, options["url"], options["stats_interval"], options["group"]), name=f"ingest-{first + n}")
-            for n in range(count)
+            context.Process(target=_child, args=(first + n, url, interval, group), name=f"ingest-{first + n}")
+            for n in range(1, count)
         ]
         for child in children:
             child.start()
 
-        def forward(signum, frame) -> None:
+        def forward() -> None:
             for child in children:
                 if child.pid and child.is_alive():
                     os.kill(child.pid, signal.SIGTERM)
 
-        signal.signal(signal.SIGTERM, forward)
-        signal.signal(signal.SIGINT, forward)
-        for child in children:
-            child.join()
+        try:
+            run_instance(first, url, interval, group, on_signal=forward)
+        finally:
+            forward()
+            for child in children:
+                child.join()
