@@ -31,6 +31,27 @@ def test_partitions_created_ahead_for_every_active_tenant(alpha, beta):
     assert {r.created for r in services.partitions_ahead_for_tenants(ahead_days=3, today=today)} == {0}
 
 
+def _fillfactor(schema: str, table: str) -> str | None:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT reloptions FROM pg_class WHERE oid = to_regclass(%s)", [f"{schema}.{table}"])
+        options = cursor.fetchone()[0] or []
+    return next((o.split("=", 1)[1] for o in options if o.startswith("fillfactor=")), None)
+
+
+def test_rollup_partitions_leave_room_for_hot_updates_point_partitions_do_not(alpha):
+    services.partitions_ahead_for_tenants(ahead_days=1, today=date(2034, 7, 1))
+    assert _fillfactor("alpha", "telemetry_rollup_1m_p20340701") == "50"
+    assert _fillfactor("alpha", "telemetry_rollup_1h_p203407") == "50"
+    assert _fillfactor("alpha", "telemetry_point_p20340701") is None  # default 100: points are never updated
+    # partitions made before the migration (at schema creation) were given the room too
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+            "WHERE i.inhparent = 'alpha.telemetry_rollup_1m'::regclass AND NOT coalesce(c.reloptions, '{}') @> '{fillfactor=50}'"
+        )
+        assert cursor.fetchone()[0] == 0
+
+
 def test_suspended_tenant_is_skipped(alpha, beta):
     from tenants.services import suspend_tenant
 
