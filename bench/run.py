@@ -524,6 +524,9 @@ def ingest_part(args, results: dict, errors: dict) -> None:
         finally:
             stop(ingest, timeout=15)
             ingest_log.close()
+            kept = ROOT / "var" / "bench" / "ingest.log"  # its stats lines (every 10 s), for diagnosis
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(Path(broker.directory) / "ingest.log", kept)
             tail = (Path(broker.directory) / "ingest.log").read_text(errors="replace").strip().splitlines()[-15:]
             if tail and (errors or ingest.returncode not in (0, -signal.SIGTERM)):
                 log(f"ingest exited with {ingest.returncode}; its log's tail:\n  " + "\n  ".join(tail))
