@@ -4,7 +4,8 @@ Per connection the server keeps at most one pending update per subscribed device
 latest values per metric), a dict of the latest status per device and a bounded queue of alert
 events. A sender task writes at most `rate` telemetry frames a second (each frame carries every
 device that changed since the previous one), so a burst of points costs the client one frame per
-interval. Memory is bounded by what is subscribed, never by how much arrives:
+interval; the first change after a quiet period goes out at once (FramePacer). Memory is bounded
+by what is subscribed, never by how much arrives:
 - a client that reads slowly makes `send` wait (the server's write buffer is full); meanwhile new
   values replace pending ones (coalescing);
 - a client whose single send has waited more than settings.LIVE_SEND_TIMEOUT_S, or whose alert
@@ -35,6 +36,31 @@ logger = logging.getLogger(__name__)
 MAX_ERRORS = 50  # error frames answered on one connection before it is closed
 
 
+class FramePacer:
+    """Telemetry frames at `rate` a second on average (a GCRA, "virtual scheduling", with a tolerance
+    of half an interval):
+
+    - after a quiet period the next frame may go at once;
+    - under a steady stream, one frame per interval;
+    - a frame may go up to half an interval early when the previous one went late, so values that
+      arrive about as often as the rate (with jitter: the ingest's publish ticks, the event loop)
+      are not held back by up to a whole interval each; two frames are never closer than half an
+      interval and over any span T at most `1 + (T + interval / 2) * rate` frames are sent.
+    """
+
+    __slots__ = ("due",)
+
+    def __init__(self) -> None:
+        self.due = 0.0  # the theoretical time of the next frame (time.monotonic())
+
+    def delay(self, rate: float, now: float) -> float:
+        """Seconds to wait before the next frame may be sent."""
+        return max(0.0, self.due - 0.5 / rate - now)
+
+    def sent(self, rate: float, now: float) -> None:
+        self.due = max(self.due, now) + 1.0 / rate
+
+
 def _setting(name: str, default: Any) -> Any:
     return getattr(settings, name, default)
 
@@ -57,6 +83,36 @@ def resolve_devices(schema: str, refs: tuple[int | str, ...]) -> tuple[dict[int,
 
 
 class LiveConsumer(AsyncWebsocketConsumer):
+    # Channels assigns `channel_receive` (the channel layer's receive for this connection) before
+    # dispatching; the property wraps it so that a Redis error ends one receive, not the connection.
+    @property
+    def channel_receive(self):  # noqa: ANN201
+        return self._receive_from_layer
+
+    @channel_receive.setter
+    def channel_receive(self, receive) -> None:  # noqa: ANN001
+        self._layer_receive = receive
+
+    async def _receive_from_layer(self) -> dict:
+        """The channel layer's receive, retried on Redis errors. channels_redis blocks in BZPOPMIN
+        for 5 s while redis-py's default socket timeout is also 5 s (redis-py >= 6): the reply to an
+        empty BZPOPMIN regularly loses that race, and an exception here used to close one
+        WebSocket connection (no close frame) every few seconds. Nothing is lost by retrying:
+        channels_redis keeps the message in its backup queue until it is processed."""
+        from redis.exceptions import RedisError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+
+        delay = 0.1
+        while True:
+            try:
+                return await self._layer_receive()
+            except RedisTimeoutError:
+                continue  # the empty BZPOPMIN's reply raced the socket timeout: ask again
+            except (RedisError, OSError) as exc:
+                logger.warning("live channel layer receive failed; retrying", extra={"error": str(exc)[:300], "retry_in_s": delay})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
     # --- lifecycle -------------------------------------------------------------------------------
     async def connect(self) -> None:
         self.hub: TelemetryHub | None = None
@@ -288,7 +344,7 @@ class LiveConsumer(AsyncWebsocketConsumer):
         return {"type": "telemetry", "updates": updates} if updates else None
 
     async def _send_loop(self) -> None:
-        last_telemetry = 0.0
+        pacer = FramePacer()
         try:
             while not self.closing:
                 await self.wake.wait()
@@ -299,11 +355,11 @@ class LiveConsumer(AsyncWebsocketConsumer):
                     statuses, self.pending_status = self.pending_status, {}
                     await self.transmit({"type": "status", "devices": list(statuses.values())})
                 if self.pending:
-                    wait = last_telemetry + 1.0 / self.rate - time.monotonic()
+                    wait = pacer.delay(self.rate, time.monotonic())
                     if wait > 0:
                         await asyncio.sleep(wait)  # values keep coalescing meanwhile
                     frame = self._telemetry_frame()
-                    last_telemetry = time.monotonic()
+                    pacer.sent(self.rate, time.monotonic())
                     if frame is not None:
                         await self.transmit(frame)
         except asyncio.CancelledError:

@@ -5,6 +5,14 @@ handed to the local consumers subscribed to its devices, in memory.
 The hub belongs to the event loop it runs on (one per uvicorn process; one per test). It also keeps
 each tenant's metric catalogue (id -> name), loaded when a consumer subscribes and reloaded, at
 most every few seconds, when an unknown metric id shows up.
+
+Garbage collector: the fan-out allocates tens of thousands of small dicts and lists a second that
+live for up to one frame interval. With CPython's default thresholds (700, 10, 10) many of them
+survive two young collections, are promoted, and trigger a full collection every few seconds that
+walks every object of the process (Django's included) for ~200 ms with 1,000 connections: the
+event loop stops and every connection's frames wait. When the first hub of a process starts,
+tune_gc() freezes what exists then (modules, settings, URL conf: never garbage) and raises the
+young-generation threshold so that short-lived values die before they are ever examined.
 """
 
 from __future__ import annotations
@@ -24,6 +32,25 @@ from iiot.live.streaming import live_channel_pattern, live_redis_url, schema_of_
 logger = logging.getLogger(__name__)
 
 CATALOGUE_RELOAD_S = 5.0
+GC_THRESHOLD0 = 20_000  # young-generation threshold once the hub runs (CPython's default: 700)
+
+_gc_tuned = False
+
+
+def tune_gc() -> None:
+    """Once per process (see the module docstring): collect, freeze what survives, raise the
+    young-generation threshold (never lowers one already set higher)."""
+    global _gc_tuned
+    if _gc_tuned:
+        return
+    _gc_tuned = True
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    threshold0, threshold1, threshold2 = gc.get_threshold()
+    if threshold0 and threshold0 < GC_THRESHOLD0:
+        gc.set_threshold(GC_THRESHOLD0, threshold1, threshold2)
 
 
 class TelemetrySink(Protocol):
@@ -91,6 +118,7 @@ class TelemetryHub:
     # --- the subscription ------------------------------------------------------------------------
     def ensure_started(self) -> None:
         if self.task is None or self.task.done():
+            tune_gc()
             self.task = asyncio.get_running_loop().create_task(self._listen(), name="live-hub")
 
     async def _listen(self) -> None:

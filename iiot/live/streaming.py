@@ -1,10 +1,12 @@
-"""The ingest side of live updates: a streaming hook that coalesces points per device and, every
-settings.LIVE_PUBLISH_MS, publishes ONE Redis pub/sub message per tenant with the latest values
-of the devices that changed since the previous tick.
+"""The ingest side of live updates: a streaming hook that coalesces points per device and publishes
+ONE Redis pub/sub message per tenant with the latest values of the devices that changed since the
+previous publish, at most once every settings.LIVE_PUBLISH_MS. The first points after a quiet
+period are published at once (on the next turn of the event loop, so the rest of the socket read
+they came with joins them); while points keep coming, one publish per interval.
 
-At 5,000 messages/s over 1,000 devices this is ~10 PUBLISHes a second (one pipelined round trip
-per tick for all tenants) instead of 5,000 channel-layer sends: the hook itself only updates a dict
-on the ingest event loop. Web processes subscribe once each (iiot/live/hub.py) and fan out to
+At 5,000 messages/s over 1,000 devices and 25 ms this is ~40 PUBLISHes a second (one pipelined
+round trip per publish for all tenants) instead of 5,000 channel-layer sends: the hook itself only
+updates a dict on the ingest event loop. Web processes subscribe once each (iiot/live/hub.py) and fan out to
 their own WebSocket consumers in memory.
 
 Message on channel `live_channel(schema)` (orjson):
@@ -51,11 +53,12 @@ class LivePublisher:
     """Callable `(schema, points)`: the hook. Starts its publishing task on the first call."""
 
     def __init__(self, interval_s: float | None = None, url: str | None = None) -> None:
-        self.interval_s = interval_s if interval_s is not None else getattr(settings, "LIVE_PUBLISH_MS", 100) / 1000
+        self.interval_s = interval_s if interval_s is not None else getattr(settings, "LIVE_PUBLISH_MS", 25) / 1000
         self.url = url or live_redis_url()
         # schema -> device id -> metric id -> newest point seen since the last tick
         self.pending: dict[str, dict[int, dict[int, Point]]] = {}
         self.task: asyncio.Task | None = None
+        self.wake: asyncio.Event | None = None
         self.published = 0
         self._last_warning = 0.0
 
@@ -71,7 +74,9 @@ class LivePublisher:
             if previous is None or point.ts >= previous.ts:
                 device[point.metric_id] = point
         if self.task is None:
+            self.wake = asyncio.Event()
             self.task = asyncio.get_running_loop().create_task(self.run(), name="live-publisher")
+        self.wake.set()
 
     def take(self) -> dict[str, bytes]:
         """The pending values as one encoded message per tenant (and forget them)."""
@@ -90,9 +95,17 @@ class LivePublisher:
         import redis.asyncio as aioredis
 
         client = aioredis.Redis.from_url(self.url)
+        assert self.wake is not None
+        loop = asyncio.get_running_loop()
+        last = -self.interval_s
         try:
             while True:
-                await asyncio.sleep(self.interval_s)
+                await self.wake.wait()
+                wait = last + self.interval_s - loop.time()
+                if wait > 0:
+                    await asyncio.sleep(wait)  # points keep coalescing meanwhile
+                self.wake.clear()
+                last = loop.time()
                 if not self.pending:
                     continue
                 messages = self.take()
