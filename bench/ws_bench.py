@@ -40,6 +40,7 @@ DB_NAME = "iiot_wsbench"
 PYTHON = sys.executable
 CLIENTS = 1000
 RATE = 5000.0
+RATE_PER_CLIENT = 10.0  # frames/s asked by each client (LIVE_MAX_RATE): see the module docstring
 KEYS = ("ws_clients", "ws_latency_p50_ms", "ws_latency_p99_ms", "ws_clients_dropped", "web_rss_mb")
 
 
@@ -56,13 +57,14 @@ def bench_env() -> dict[str, str]:
     return env
 
 
-def run(quick: bool = False) -> dict:
+def run(quick: bool = False, rate: float | None = None) -> dict:
     """Run the benchmark in a child process; returns the figures (None for a failed part, plus
     `errors` when something failed)."""
     env = {**os.environ, **bench_env()}
     env.pop("CHANNEL_LAYER_URL", None)
     env.pop("LIVE_REDIS_URL", None)
     args = [PYTHON, str(Path(__file__).resolve()), "--child"] + (["--quick"] if quick else [])
+    args += ["--rate", str(rate or RATE_PER_CLIENT)]
     try:
         completed = subprocess.run(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, timeout=300, check=False)
         lines = completed.stdout.decode(errors="replace").strip().splitlines()
@@ -74,7 +76,10 @@ def run(quick: bool = False) -> dict:
 # --- the clients' process -------------------------------------------------------------------------
 
 
-async def clients_main(url: str, host: str, token: str, uids: list[str], seconds: float, warmup: float) -> None:
+async def clients_main(url: str, host: str, token: str, uids: list[str], seconds: float, warmup: float, rate: float) -> None:
+    import gc
+
+    import orjson
     import websockets
 
     latencies: list[float] = []
@@ -83,6 +88,15 @@ async def clients_main(url: str, host: str, token: str, uids: list[str], seconds
     subscribed = 0
     measure_from = 0.0
     done = asyncio.Event()
+    reasons: dict[str, int] = {}
+    loop_lag: list[float] = []
+
+    async def lag_monitor() -> None:  # how late this process's event loop runs (CPU starvation)
+        while not done.is_set():
+            began = time.perf_counter()
+            await asyncio.sleep(0.01)
+            if measure_from and time.time() * 1000 >= measure_from:
+                loop_lag.append((time.perf_counter() - began - 0.01) * 1000)
 
     async def client(uid: str) -> None:
         nonlocal frames, dropped, subscribed
@@ -90,7 +104,7 @@ async def clients_main(url: str, host: str, token: str, uids: list[str], seconds
             async with websockets.connect(url, additional_headers={"Host": host}, subprotocols=["bearer", token],
                                           open_timeout=60, max_queue=None, ping_interval=None) as ws:  # fmt: skip
                 await ws.recv()  # welcome
-                await ws.send(json.dumps({"type": "subscribe", "devices": [uid]}))
+                await ws.send(json.dumps({"type": "subscribe", "devices": [uid], "rate": rate}))
                 while (answer := json.loads(await ws.recv())).get("type") == "ping":
                     await ws.send('{"type": "pong"}')
                 if answer.get("type") != "subscribed":
@@ -98,11 +112,12 @@ async def clients_main(url: str, host: str, token: str, uids: list[str], seconds
                 subscribed += 1
                 while not done.is_set():
                     try:
-                        raw = await asyncio.wait_for(ws.recv(), 1.0)
+                        async with asyncio.timeout(1.0):  # no task per frame (unlike wait_for)
+                            raw = await ws.recv()
                     except TimeoutError:
                         continue
                     now_ms = time.time() * 1000
-                    frame = json.loads(raw)
+                    frame = orjson.loads(raw)
                     kind = frame.get("type")
                     if kind == "telemetry":
                         frames += 1
@@ -115,22 +130,33 @@ async def clients_main(url: str, host: str, token: str, uids: list[str], seconds
         except Exception as exc:  # noqa: BLE001 - counted
             if not done.is_set():
                 dropped += 1
+                closed = getattr(exc, "rcvd", None)
+                reason = f"{closed.code} {closed.reason}" if closed is not None else type(exc).__name__
+                reasons[reason] = reasons.get(reason, 0) + 1
                 if dropped <= 3:
-                    print(f"client {uid} dropped: {exc!r}", file=sys.stderr, flush=True)
+                    print(f"client {uid} dropped at {time.strftime('%H:%M:%S')}: {exc!r}", file=sys.stderr, flush=True)
 
-    tasks = []
+    probe = PubSubProbe(tenant_of(host))
+    tasks = [asyncio.create_task(lag_monitor())]
     for start in range(0, len(uids), 100):  # connect in waves
         tasks += [asyncio.create_task(client(uid)) for uid in uids[start : start + 100]]
         await asyncio.sleep(0.3)
     deadline = time.monotonic() + 120
     while subscribed + dropped < len(uids) and time.monotonic() < deadline:
         await asyncio.sleep(0.1)
+    # Long-lived objects (modules, connections) out of the collector's sight; the per-frame garbage
+    # dies young: no full collection stalls this loop (and the latencies) during the window.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 10, 10)
+    probe_task = asyncio.create_task(probe.run())
     print(json.dumps({"ready": subscribed, "dropped_at_connect": dropped}), flush=True)
     # The parent starts the load now; values sent during the warm-up are not measured.
     measure_from = time.time() * 1000 + warmup * 1000
     await asyncio.sleep(seconds)
     alive = subscribed - dropped
     done.set()
+    probe_task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     latencies.sort()
     p99 = latencies[min(len(latencies) - 1, int(round(0.99 * (len(latencies) - 1))))] if latencies else None
@@ -142,6 +168,9 @@ async def clients_main(url: str, host: str, token: str, uids: list[str], seconds
         "ws_latency_samples": len(latencies),
         "ws_latency_p50_ms": round(statistics.median(latencies), 1) if latencies else None,
         "ws_latency_p99_ms": round(p99, 1) if p99 is not None else None,
+        "clients_loop_lag_p99_ms": round(sorted(loop_lag)[int(0.99 * (len(loop_lag) - 1))], 1) if loop_lag else None,
+        "ws_drop_reasons": reasons,
+        **probe.figures(),
     }), flush=True)  # fmt: skip
 
 
@@ -191,7 +220,7 @@ def provision(count: int) -> list:
     return loads
 
 
-def child(quick: bool) -> None:
+def child(quick: bool, rate: float) -> None:
     from bench import run as bench_run
 
     window = 25 if quick else 60
@@ -242,7 +271,8 @@ def child(quick: bool) -> None:
                 log(f"web on {port} (pid {web.pid}); ingest pid {ingest.pid}; connecting {CLIENTS} clients")
                 clients = bench_run.spawn(
                     [PYTHON, str(Path(__file__).resolve()), "--clients", f"ws://127.0.0.1:{port}/ws/v1/live",
-                     "--host", f"{bench_run.TENANT}.localhost", "--seconds", str(window + 3), "--warmup", str(warmup)],
+                     "--host", f"{bench_run.TENANT}.localhost", "--seconds", str(window + 3), "--warmup", str(warmup),
+                     "--rate", str(rate)],
                     cwd=ROOT, env={**env, "WS_BENCH_TOKEN": token}, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                 )  # fmt: skip
                 clients.stdin.write(("\n".join(d.uid for d in devices) + "\n").encode())
@@ -251,7 +281,6 @@ def child(quick: bool) -> None:
                 log(f"clients ready: {ready}; loadgen {RATE:.0f} msg/s for {window} s")
                 load = bench_run.LoadRun(devices, broker.host, broker.port, qos=1, duration_s=window, rate=RATE, wait_acks_s=20)
                 load.window()
-                probe = PubSubProbe(bench_run.TENANT)
                 watched = {"web": web.pid, "ingest": ingest.pid, "clients": clients.pid, "bench": os.getpid()}
                 cpu_before = {name: cpu_seconds(pid) for name, pid in watched.items()}
                 time.sleep(window - 2)
@@ -259,13 +288,13 @@ def child(quick: bool) -> None:
                     results[f"{name}_cpu_pct"] = round(100 * (cpu_seconds(pid) - cpu_before[name]) / (window - 2))
                 results["web_rss_mb"] = bench_run.tree_rss_mb(web.pid)
                 results["ingest_rss_mb_during_ws"] = bench_run.tree_rss_mb(ingest.pid)
-                results.update(probe.figures())
                 load.join(90)
                 out = clients.stdout.read().decode(errors="replace").strip().splitlines()
                 clients.wait(30)
                 if not out:
                     raise RuntimeError("the clients' process printed no result")
                 results.update(json.loads(out[-1]))
+                results["ws_client_rate"] = rate
                 results["ws_offered_msgs"] = load.stats.sent
                 results["ws_offered_msgs_per_s"] = round(load.stats.sent / window)
             finally:
@@ -273,6 +302,11 @@ def child(quick: bool) -> None:
                 bench_run.stop(ingest)
                 web_log.close()
                 ingest_log.close()
+                if os.environ.get("WS_BENCH_LOGS"):  # a folder to keep the web and ingest logs in
+                    import shutil
+
+                    for name in ("web.log", "ingest.log"):
+                        shutil.copy(Path(broker.directory) / name, Path(os.environ["WS_BENCH_LOGS"]) / name)
                 if errors or not results.get("ws_clients"):
                     for name in ("web.log", "ingest.log"):
                         tail = (Path(broker.directory) / name).read_text(errors="replace").strip().splitlines()[-10:]
@@ -301,40 +335,50 @@ def child(quick: bool) -> None:
     print(json.dumps(figures), flush=True)
 
 
+def tenant_of(host: str) -> str:
+    return host.split(".", 1)[0]
+
+
 class PubSubProbe:
-    """Diagnostics: a plain Redis subscriber on the tenant's live channel measures how old the
-    values are when the ingest publishes them (ingest lag) and how long the message takes to arrive."""
+    """Diagnostics, in the clients' process (the bench's own process runs the load generator, whose
+    thread holds the GIL most of the time): a plain Redis subscriber on the tenant's live channel
+    measures how old the newest value of each message is when the ingest publishes it (ingest lag)
+    and how long the message takes to arrive (pub/sub delivery, as a web process would see it)."""
 
     def __init__(self, schema: str) -> None:
-        import threading
+        import django
 
-        import redis
+        django.setup()
         from django.conf import settings
 
         from iiot.live.streaming import live_channel
 
+        self.url, self.channel = settings.LIVE_REDIS_URL, live_channel(schema)
         self.ingest_lag: list[float] = []
         self.delivery: list[float] = []
-        self.stop = threading.Event()
-        self.pubsub = redis.Redis.from_url(settings.LIVE_REDIS_URL).pubsub(ignore_subscribe_messages=True)
-        self.pubsub.subscribe(live_channel(schema))
-        self.thread = threading.Thread(target=self.loop, daemon=True)
-        self.thread.start()
 
-    def loop(self) -> None:
-        while not self.stop.is_set():
-            message = self.pubsub.get_message(timeout=0.5)
-            if message is None:
-                continue
-            now = time.time() * 1000
-            body = json.loads(message["data"])
-            self.delivery.append(now - body["sent"])
-            newest = max(ts for metrics in body["devices"].values() for ts, _value in metrics.values())
-            self.ingest_lag.append(body["sent"] - newest)
+    async def run(self) -> None:
+        import orjson
+        import redis.asyncio as aioredis
+
+        client = aioredis.Redis.from_url(self.url)
+        pubsub = client.pubsub(ignore_subscribe_messages=True)
+        await pubsub.subscribe(self.channel)
+        try:
+            while True:
+                message = await pubsub.get_message(timeout=1.0)
+                if message is None:
+                    continue
+                now = time.time() * 1000
+                body = orjson.loads(message["data"])
+                self.delivery.append(now - body["sent"])
+                newest = max(ts for metrics in body["devices"].values() for ts, _value in metrics.values())
+                self.ingest_lag.append(body["sent"] - newest)
+        finally:
+            await pubsub.aclose()
+            await client.aclose()
 
     def figures(self) -> dict:
-        self.stop.set()
-        self.thread.join(2)
         out = {}
         for name, values in (("ingest_lag", self.ingest_lag), ("pubsub_delivery", self.delivery)):
             if values:
@@ -384,14 +428,18 @@ def main() -> None:
     parser.add_argument("--host", help=argparse.SUPPRESS)
     parser.add_argument("--seconds", type=float, default=30, help=argparse.SUPPRESS)
     parser.add_argument("--warmup", type=float, default=5, help=argparse.SUPPRESS)
+    parser.add_argument("--rate", type=float, default=RATE_PER_CLIENT,
+                        help=f"telemetry frames/s each client subscribes with (default {RATE_PER_CLIENT:g})")  # fmt: skip
     args = parser.parse_args()
     if args.clients:
         uids = [line.strip() for line in sys.stdin if line.strip()]
-        asyncio.run(clients_main(args.clients, args.host, os.environ["WS_BENCH_TOKEN"], uids, args.seconds, args.warmup))
+        import uvloop
+
+        uvloop.run(clients_main(args.clients, args.host, os.environ["WS_BENCH_TOKEN"], uids, args.seconds, args.warmup, args.rate))
     elif args.child:
-        child(args.quick)
+        child(args.quick, args.rate)
     else:
-        figures = run(args.quick)
+        figures = run(args.quick, args.rate)
         for key, value in figures.items():
             if key != "errors":
                 print(f"{key:32} {value if value is not None else 'null (failed)'}")

@@ -205,7 +205,7 @@ INGEST_STREAMING_HOOKS: list[str] = ["rules.streaming.build_hook", "iiot.live.st
 # --- Live updates (iiot/live/, docs/websocket.md) -----------------------------------------------
 # Redis for the telemetry pub/sub (default: the channel layer's); one PUBLISH per tenant per tick.
 LIVE_REDIS_URL = env.str("LIVE_REDIS_URL", default="") or CHANNEL_LAYERS["default"]["CONFIG"]["hosts"][0]
-LIVE_PUBLISH_MS = env.int("LIVE_PUBLISH_MS", default=100)
+LIVE_PUBLISH_MS = env.int("LIVE_PUBLISH_MS", default=25)
 # Telemetry frames per second per connection: default, and the most a client may ask for.
 LIVE_DEFAULT_RATE = env.float("LIVE_DEFAULT_RATE", default=5.0)
 LIVE_MAX_RATE = env.float("LIVE_MAX_RATE", default=10.0)
