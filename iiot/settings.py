@@ -198,6 +198,8 @@ INGEST_SESSION_EXPIRY_S = env.int("INGEST_SESSION_EXPIRY_S", default=7 * 24 * 36
 INGEST_RECEIVE_MAXIMUM = env.int("INGEST_RECEIVE_MAXIMUM", default=65535)
 # Points held in memory (not yet written) beyond which the process stops reading the socket.
 INGEST_MAX_PENDING_POINTS = env.int("INGEST_MAX_PENDING_POINTS", default=400_000)
+# A device's last-seen time is written at most this often per ingest process (0: every batch).
+INGEST_SEEN_INTERVAL_S = env.float("INGEST_SEEN_INTERVAL_S", default=5.0)
 # Factories `() -> hook(schema, points) | None` the ingest service calls for each message's
 # validated points as they arrive (streaming rules, live updates); see telemetry/transports/base.py.
 INGEST_STREAMING_HOOKS: list[str] = ["rules.streaming.build_hook", "iiot.live.streaming.live_updates_hook"]

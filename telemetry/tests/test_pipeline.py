@@ -291,3 +291,25 @@ def test_ten_thousand_random_and_malformed_payloads(pipeline):
                                                 Reason.OUT_OF_RANGE, Reason.UNKNOWN_METRIC, Reason.TIMESTAMP_TOO_OLD, Reason.TIMESTAMP_IN_FUTURE,
                                                 Reason.INVALID_TIMESTAMP, Reason.UNKNOWN_DEVICE, Reason.UNKNOWN_TENANT, Reason.DEVICE_DISABLED,
                                                 Reason.INVALID_METRIC_NAME)}
+
+
+def test_last_seen_is_written_at_most_once_per_interval_per_device(settings, monkeypatch):
+    """A busy device's row is not rewritten by every batch: once per INGEST_SEEN_INTERVAL_S."""
+    from datetime import UTC, datetime
+
+    from telemetry.transports import base
+    from telemetry.transports.base import IngestService
+
+    settings.INGEST_SEEN_INTERVAL_S = 5.0
+    clock = [1000.0]
+    monkeypatch.setattr(base.time, "monotonic", lambda: clock[0])
+    service = IngestService(pipeline=None)
+    at = datetime(2026, 12, 1, tzinfo=UTC)
+    assert service._due_seen("alpha", {1: at, 2: at}) == {1: at, 2: at}
+    clock[0] += 1
+    assert service._due_seen("alpha", {1: at, 3: at}) == {3: at}  # 1 was written a second ago
+    assert service._due_seen("beta", {1: at}) == {1: at}  # per tenant
+    clock[0] += 4.5
+    assert service._due_seen("alpha", {1: at, 2: at, 3: at}) == {1: at, 2: at}
+    settings.INGEST_SEEN_INTERVAL_S = 0
+    assert IngestService(pipeline=None)._due_seen("alpha", {1: at}) == {1: at}

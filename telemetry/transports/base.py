@@ -21,8 +21,11 @@ settings.INGEST_STREAMING_HOOKS; they run on the event loop, so they must be fas
 I/O, and must not raise: a failing hook is logged and skipped). A redelivered message reaches the
 hooks again; what they do with it must be idempotent (alert fingerprints dedupe). A failing write is retried with backoff and
 jitter, never acknowledged meanwhile; the same batch is written again on the new connection.
-After each commit, device last-seen times are moved (`devices.services.mark_devices_seen`, once
-per batch) and the rejection counters flushed to Redis (one pipelined round trip).
+After each commit, device last-seen times are moved (`devices.services.mark_devices_seen`, one
+statement per batch) for the devices this process has not marked within
+settings.INGEST_SEEN_INTERVAL_S (5 s: a busy device's row is not rewritten by every batch of every
+process, which cost as much as the points themselves), and the rejection counters flushed to Redis
+(one pipelined round trip).
 
 Status, attributes and command responses are applied through the devices services in a small
 thread pool (Django ORM, synchronous) and acknowledged once applied.
@@ -113,6 +116,8 @@ class IngestService:
         self.flush_s = (flush_ms if flush_ms is not None else settings.INGEST_FLUSH_MS) / 1000
         self.batch_max_points = batch_max_points or settings.INGEST_BATCH_MAX_POINTS
         self.max_pending_points = max_pending_points or settings.INGEST_MAX_PENDING_POINTS
+        self.seen_interval_s = settings.INGEST_SEEN_INTERVAL_S
+        self._marked: dict[str, dict[int, float]] = {}  # schema -> device id -> monotonic time of its last mark
         self.stats = Stats()
         self.metrics = IngestMetrics()  # Prometheus (iiot.metrics) and the per-flush log line
         self.batches: dict[str, Batch] = {}
@@ -256,7 +261,9 @@ class IngestService:
             else:
                 self.stats.points_written += outcome.inserted
                 self.stats.duplicates += outcome.duplicates
-                self._run_side(self._mark_seen, batch.schema, batch.seen, retry=False)
+                seen = self._due_seen(batch.schema, batch.seen)
+                if seen:
+                    self._run_side(self._mark_seen, batch.schema, seen, retry=False)
             self.stats.batches += 1
             if batch.waiter is not None and not batch.waiter.done():
                 batch.waiter.set_result(0)
@@ -332,6 +339,18 @@ class IngestService:
                     logger.warning("ingest side effect failed", extra={"call": getattr(func, "__name__", repr(func)), "error": str(exc)[:300]})
                     return None
                 time.sleep(next(delays))
+
+    def _due_seen(self, schema: str, seen: dict[int, datetime]) -> dict[int, datetime]:
+        """The devices of `seen` not marked by this process within seen_interval_s (now marked)."""
+        if self.seen_interval_s <= 0:
+            return seen
+        now = time.monotonic()
+        horizon = now - self.seen_interval_s
+        marked = self._marked.setdefault(schema, {})
+        due = {pk: at for pk, at in seen.items() if marked.get(pk, -1e18) <= horizon}
+        for pk in due:
+            marked[pk] = now
+        return due
 
     @staticmethod
     def _mark_seen(schema: str, seen: dict[int, datetime]) -> None:
