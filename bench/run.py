@@ -471,7 +471,8 @@ def ingest_part(args, results: dict, errors: dict) -> None:
             errors["mosquitto_sub"] = repr(exc)
             traceback.print_exc()
 
-        env = {**os.environ, "MQTT_URL": broker.url, "MQTT_DEVICE_URL": broker.url,
+        # INFO, as in production: the per-flush and stats lines (kept in var/bench/ingest.log).
+        env = {**os.environ, "LOG_LEVEL": "INFO", "MQTT_URL": broker.url, "MQTT_DEVICE_URL": broker.url,
                "MQTT_ADMIN_USERNAME": broker.admin_username, "MQTT_ADMIN_PASSWORD": broker.admin_password,
                "MQTT_SERVICE_USERNAME": broker.service_username, "MQTT_SERVICE_PASSWORD": broker.service_password}  # fmt: skip
         ingest_log = open(Path(broker.directory) / "ingest.log", "wb")  # noqa: SIM115

@@ -63,6 +63,7 @@ class IngestMetrics:
         """Histograms and the flush log line for one tenant's batch; `outcome` as `_write_blocking` returns it."""
         schema, count = batch.schema, len(batch.points)
         seconds = getattr(batch, "write_seconds", 0.0)
+        age = max(0.0, time.monotonic() - batch.started)  # first point received -> written
         if outcome is None:
             result = "left_for_redelivery"
         elif outcome == STORE_FAILED:
@@ -75,7 +76,7 @@ class IngestMetrics:
                 metrics.INGEST_POINTS_DUPLICATE.labels(tenant=schema).inc(outcome.duplicates)
             metrics.INGEST_BATCH_POINTS.labels(tenant=schema).observe(count)
             metrics.INGEST_FLUSH_SECONDS.labels(tenant=schema).observe(seconds)
-            metrics.INGEST_BATCH_AGE_SECONDS.labels(tenant=schema).observe(max(0.0, time.monotonic() - batch.started))
+            metrics.INGEST_BATCH_AGE_SECONDS.labels(tenant=schema).observe(age)
         flush_log.info(
             "ingest flush",
             extra={
@@ -86,6 +87,7 @@ class IngestMetrics:
                 "duplicates": getattr(outcome, "duplicates", 0),
                 "result": result,
                 "duration_ms": round(seconds * 1000, 2),
+                "age_ms": round(age * 1000, 1),
             },
         )
 

@@ -95,6 +95,9 @@ def _child(instance: int, url: str | None, stats_interval: float, group: str) ->
 
 class Command(BaseCommand):
     help = "Receive device messages from MQTT, validate them and store them (shared subscription)."
+    # No system checks: they import every URLconf, view and admin (about 80 MB) that this worker
+    # never uses (`manage.py check` and the web process run them).
+    requires_system_checks: list = []
 
     def add_arguments(self, parser) -> None:
         parser.add_argument("--processes", type=int, default=1, help="Worker processes to start (default 1).")
