@@ -12,8 +12,10 @@ Everything runs on 127.0.0.1 in a database of its own (iiot_bench, dropped befor
    (a) a do-nothing `mosquitto_sub` (QoS 1) counts what it receives -> mosquitto_sub_msgs_per_s;
    (b) `manage.py ingest` at QoS 1: points stored within the window -> ingest_points_per_s, then
        points_lost = acknowledged messages x 4 - points finally stored; ingest_rss_mb (process tree);
-   (c) at 80 % of (b)'s rate, a probe device publishes every 100 ms; publish-to-latest-in-Redis
-       latency p50/p99;
+   (c) at 80 % of (b)'s rate for 30 s (quick: 10), a probe device publishes every 100 ms;
+       publish-to-latest-in-Redis latency p50/p99. It starts on emptied tables after a CHECKPOINT,
+       so that it measures the steady state at that load, not the database's recovery from (b)'s
+       overload (the vacuum of millions of new rows, a checkpoint);
    (d) the same at QoS 0 -> ingest_qos0_points_per_s.
 3. then, each in a child process with a database and broker of its own (`--parts`):
    rules (bench/rules_bench.py: alert_latency_p50_ms/p99_ms, ingest_with_rules_vs_without),
@@ -166,11 +168,17 @@ def count_points(schema: str) -> int:
         return conn.execute(f'SELECT count(*) FROM "{schema}".telemetry_point').fetchone()[0]
 
 
-def truncate_points(schema: str) -> None:
+def truncate_points(schema: str, *, settle: bool = False) -> None:
+    """Empty the points (with `settle`, the rollups too, then a CHECKPOINT): the next phase starts
+    from a steady database, not in the vacuum and checkpoint that the previous overload left."""
     import psycopg
 
     with psycopg.connect(BENCH_ENV["DATABASE_URL"].replace("postgres://", "postgresql://"), autocommit=True) as conn:
-        conn.execute(f'TRUNCATE "{schema}".telemetry_point')
+        if settle:
+            conn.execute(f'TRUNCATE "{schema}".telemetry_point, "{schema}".telemetry_rollup_1m, "{schema}".telemetry_rollup_1h')
+            conn.execute("CHECKPOINT")
+        else:
+            conn.execute(f'TRUNCATE "{schema}".telemetry_point')
 
 
 # --- Load -----------------------------------------------------------------------------------------
@@ -505,8 +513,10 @@ def ingest_part(args, results: dict, errors: dict) -> None:
 
             try:
                 latency_rate = 0.8 * (measured_rate or rate / 2)
-                log(f"(c) latency at {latency_rate:.0f} msg/s for 10 s")
-                results.update(bench_latency(broker, devices, probe, probe_id, metric_id, latency_rate, 10))
+                latency_s = 10 if args.quick else 30
+                truncate_points(TENANT, settle=True)
+                log(f"(c) latency at {latency_rate:.0f} msg/s for {latency_s} s")
+                results.update(bench_latency(broker, devices, probe, probe_id, metric_id, latency_rate, latency_s))
             except Exception as exc:  # noqa: BLE001
                 errors["latency"] = repr(exc)
                 traceback.print_exc()
