@@ -1,0 +1,135 @@
+"""Timing of live updates without the WebSocket stack: the frame pacer, the ingest publisher's
+leading edge, the channel-layer receive that survives Redis timeouts, the hub's GC tuning."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import time
+from datetime import UTC, datetime
+
+import orjson
+import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from iiot.live import hub as hub_module
+from iiot.live.consumers import FramePacer, LiveConsumer
+from iiot.live.streaming import LivePublisher, live_channel
+from telemetry.storage import Point
+
+# --- FramePacer -----------------------------------------------------------------------------------
+
+
+def test_pacer_first_frame_after_a_quiet_period_goes_at_once():
+    pacer = FramePacer()
+    assert pacer.delay(5.0, 100.0) == 0.0
+    pacer.sent(5.0, 100.0)
+    assert pacer.delay(5.0, 100.05) == pytest.approx(0.05)  # never closer than half an interval
+    assert pacer.delay(5.0, 103.0) == 0.0  # quiet again: at once
+
+
+def test_pacer_absorbs_jitter_of_values_arriving_at_the_rate():
+    """Values every 200 ms +- 40 ms at rate 5: no frame waits (a strict 200 ms spacing would hold
+    every early one back)."""
+    pacer = FramePacer()
+    arrival, waits = 0.0, []
+    for n in range(200):
+        arrival = n * 0.2 + (0.04 if n % 2 else -0.04)
+        wait = pacer.delay(5.0, arrival)
+        waits.append(wait)
+        pacer.sent(5.0, arrival + wait)
+    assert max(waits) == 0.0
+
+
+def test_pacer_keeps_the_rate_under_a_flood():
+    pacer = FramePacer()
+    now, sent = 0.0, []
+    while now < 10.0:  # a value every millisecond for 10 s
+        wait = pacer.delay(5.0, now)
+        if wait == 0.0:
+            sent.append(now)
+            pacer.sent(5.0, now)
+        now += 0.001
+    gaps = [b - a for a, b in zip(sent, sent[1:], strict=False)]
+    assert min(gaps) >= 0.1 - 1e-6  # half an interval at least
+    assert len(sent) <= 1 + (10.0 + 0.1) * 5  # `rate` a second on average
+    assert len(sent) >= 10.0 * 5
+
+
+# --- LivePublisher --------------------------------------------------------------------------------
+
+
+async def next_message(pubsub, timeout: float = 2.0):
+    """get_message returns None for an ignored subscribe confirmation: wait for a real message."""
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        message = await pubsub.get_message(timeout=left)
+        if message is not None:
+            return message
+    return None
+
+
+@pytest.mark.asyncio
+async def test_publisher_publishes_the_first_points_at_once_then_at_most_every_interval(settings):
+    import redis.asyncio as aioredis
+
+    publisher = LivePublisher(interval_s=0.5)
+    client = aioredis.Redis.from_url(publisher.url)
+    pubsub = client.pubsub(ignore_subscribe_messages=True)
+    schema = "pacing-test"
+    await pubsub.subscribe(live_channel(schema))
+    try:
+        began = time.monotonic()
+        publisher(schema, [Point(device_id=1, metric_id=7, ts=datetime.now(UTC), value=1.0)])
+        first = await next_message(pubsub)
+        first_at = time.monotonic() - began
+        assert first is not None and orjson.loads(first["data"])["devices"]["1"]["7"][1] == 1.0
+        assert first_at < 0.25  # not a whole interval: the first change after a quiet period goes at once
+        for value in (2.0, 3.0):  # then coalesced and held back to the interval
+            publisher(schema, [Point(device_id=1, metric_id=7, ts=datetime.now(UTC), value=value)])
+        second = await next_message(pubsub)
+        second_at = time.monotonic() - began
+        assert second is not None and orjson.loads(second["data"])["devices"]["1"]["7"][1] == 3.0
+        assert second_at >= 0.45
+    finally:
+        publisher.task.cancel()
+        await pubsub.aclose()
+        await client.aclose()
+
+
+# --- the channel layer's receive ------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_channel_layer_receive_survives_redis_errors(monkeypatch):
+    consumer = LiveConsumer()
+    outcomes = [RedisTimeoutError("Timeout reading from 127.0.0.1:6379"), RedisConnectionError("gone"), {"type": "device.status"}]
+
+    async def flaky_receive():
+        outcome = outcomes.pop(0)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    consumer.channel_receive = flaky_receive  # as channels assigns it
+    assert await asyncio.wait_for(consumer.channel_receive(), 2.0) == {"type": "device.status"}
+    assert outcomes == []
+
+
+# --- GC -------------------------------------------------------------------------------------------
+
+
+def test_tune_gc_raises_the_young_threshold_once(monkeypatch):
+    saved = gc.get_threshold()
+    monkeypatch.setattr(hub_module, "_gc_tuned", False)
+    try:
+        gc.set_threshold(700, 10, 10)
+        hub_module.tune_gc()
+        assert gc.get_threshold() == (hub_module.GC_THRESHOLD0, 10, 10)
+        gc.set_threshold(700, 10, 10)
+        hub_module.tune_gc()  # once per process
+        assert gc.get_threshold() == (700, 10, 10)
+    finally:
+        gc.set_threshold(*saved)
+        gc.unfreeze()
