@@ -103,12 +103,15 @@ class LiveConsumer(AsyncWebsocketConsumer):
         from redis.exceptions import TimeoutError as RedisTimeoutError
 
         delay = 0.1
+        task = asyncio.current_task()
         while True:
             try:
                 return await self._layer_receive()
-            except RedisTimeoutError:
-                continue  # the empty BZPOPMIN's reply raced the socket timeout: ask again
             except (RedisError, OSError) as exc:
+                if task is not None and task.cancelling():
+                    raise asyncio.CancelledError from exc  # being cancelled (disconnect): never retry then
+                if isinstance(exc, RedisTimeoutError):
+                    continue  # the empty BZPOPMIN's reply raced the socket timeout: ask again
                 logger.warning("live channel layer receive failed; retrying", extra={"error": str(exc)[:300], "retry_in_s": delay})
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
