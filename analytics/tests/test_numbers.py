@@ -9,12 +9,14 @@ only be as exact as the sums behind it).
 
 from __future__ import annotations
 
+import functools
 import math
 from datetime import timedelta
 
 import numpy as np
 import pytest
 import statsmodels.api as sm
+from django.db import transaction
 from django_tenants.utils import schema_context
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -31,6 +33,19 @@ HYPOTHESIS = settings(
     max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
 )
 REL = 1e-9
+
+
+def isolated(test):
+    """Each example in a savepoint of the test's transaction: a database error in one example is
+    reported as itself, instead of aborting the transaction for every example after it (which
+    hypothesis then reports as a flaky InFailedSqlTransaction)."""
+
+    @functools.wraps(test)
+    def run(*args, **kwargs):
+        with transaction.atomic():
+            return test(*args, **kwargs)
+
+    return run
 
 
 def close(actual: float | None, expected: float, scale: float = 0.0) -> bool:
@@ -90,6 +105,7 @@ def _minutes(offsets) -> np.ndarray:
 
 @given(data=series(min_size=2))
 @HYPOTHESIS
+@isolated
 def test_statistics_match_numpy(subject, data):
     device, metric, _other = subject
     offsets, values = data
@@ -117,6 +133,7 @@ def test_statistics_match_numpy(subject, data):
 
 @given(data=series(min_size=2), threshold=st.sampled_from([0.0, 0.01, 1.0]))
 @HYPOTHESIS
+@isolated
 def test_trend_matches_scipy_linregress(subject, data, threshold):
     device, metric, _other = subject
     offsets, values = data
@@ -146,6 +163,7 @@ def test_trend_matches_scipy_linregress(subject, data, threshold):
 
 @given(data=series(min_size=3), horizon=st.integers(1, 100), confidence=st.sampled_from([50, 80, 95, 99, 97.5]))
 @HYPOTHESIS
+@isolated
 def test_linear_forecast_matches_statsmodels_ols(subject, data, horizon, confidence):
     device, metric, _other = subject
     offsets, values = data
@@ -176,6 +194,7 @@ def test_linear_forecast_matches_statsmodels_ols(subject, data, horizon, confide
 
 @given(data=series(min_size=1, max_size=40), window=st.integers(1, 8), page_size=st.integers(1, 50))
 @HYPOTHESIS
+@isolated
 def test_moving_average_and_rate_match_numpy(subject, data, window, page_size):
     device, metric, _other = subject
     offsets, values = data
@@ -218,6 +237,7 @@ def test_moving_average_and_rate_match_numpy(subject, data, window, page_size):
 
 @given(data=series(min_size=1, max_size=40), window_s=st.sampled_from([1, 30, 300, 3600]))
 @HYPOTHESIS
+@isolated
 def test_time_window_moving_average_matches_numpy(subject, data, window_s):
     device, metric, _other = subject
     offsets, values = data
@@ -257,6 +277,7 @@ def _bucket_means(offsets, values, width_s: int) -> dict[int, float]:
 
 @given(data=two_sensors(), width_s=st.sampled_from([30, 60, 300, 900]))
 @HYPOTHESIS
+@isolated
 def test_correlation_matches_scipy_pearsonr_on_a_bucket_grid(subject, data, width_s):
     device, metric, other = subject
     (offsets_a, values_a), (offsets_b, values_b) = data
