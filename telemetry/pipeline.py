@@ -23,6 +23,7 @@ transport retries that message later instead of rejecting it.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -53,6 +54,10 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _METRIC_NAME = metric_name_validator.regex
 _ONE_MS = timedelta(milliseconds=1)
 _isfinite = math.isfinite
+# Subnormal doubles (below 2.2e-308 in magnitude) are flushed to 0.0: no sensor means them, and
+# PostgreSQL raises "value out of range: underflow" when arithmetic on them rounds to zero
+# (bucket means, rates), which would break every query over the series.
+_TINY = sys.float_info.min
 # Point(...) runs a Python-level __new__; tuple.__new__(Point, (...)) builds the same named tuple
 # at a third of the cost, which matters at hundreds of thousands of points a second.
 _new_tuple = tuple.__new__
@@ -368,6 +373,8 @@ class Pipeline:
                     if not _isfinite(value):
                         collector.add(Reason.NOT_FINITE, f"{name}={value!r}")
                         continue
+                    if -_TINY < value < _TINY:
+                        value = 0.0
                 elif kind is int:
                     try:
                         value = float(value)
@@ -400,6 +407,8 @@ class Pipeline:
             if not math.isfinite(value):
                 collector.add(Reason.NOT_FINITE, f"{name}={value!r}")
                 return None
+            if -_TINY < value < _TINY:
+                value = 0.0
         elif kind is int:
             try:
                 value = float(value)

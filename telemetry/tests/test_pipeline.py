@@ -117,6 +117,15 @@ def test_points_carry_device_metric_time_and_value(pipeline, registry_data):
     assert iso.points[0].ts == datetime(2026, 3, 1, 11, 0, tzinfo=UTC)
 
 
+def test_subnormal_values_are_stored_as_zero(pipeline, registry_data):
+    """PostgreSQL raises an underflow error on arithmetic with subnormals (bucket means, rates):
+    they are flushed to 0.0 on the way in; the smallest normal double is kept as it is."""
+    outcome = pipeline.process(_topic(), b'{"pl_temperature": 5e-324, "pl_humidity": -1e-310}', NOW)
+    assert [p.value for p in outcome.points] == [0.0, 0.0] and not outcome.rejections
+    kept = pipeline.process(_topic(), b'{"pl_temperature": 2.2250738585072014e-308}', NOW)
+    assert kept.points[0].value == 2.2250738585072014e-308
+
+
 def test_suspended_tenant_is_refused(pipeline, registry_data):
     from django.utils import timezone
 
