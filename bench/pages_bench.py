@@ -24,6 +24,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.analytics_bench import admin_execute, p95  # noqa: E402 - the same child-process scheme
+
 DB_NAME = "iiot_bench_pages"
 TENANT = "benchpages"
 DEVICES = 1000
@@ -41,18 +45,6 @@ BENCH_ENV = {
     "DJANGO_SETTINGS_MODULE": "iiot.settings",
 }
 METRICS = ("temperature", "humidity", "pressure", "vibration")
-
-
-def p95(samples: list[float]) -> float:
-    ordered = sorted(samples)
-    return round(ordered[min(len(ordered) - 1, max(0, round(0.95 * len(ordered)) - 1))], 2)
-
-
-def admin_execute(statement: str) -> None:
-    import psycopg
-
-    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True, connect_timeout=10) as conn:
-        conn.execute(statement)
 
 
 def run(quick: bool) -> dict:
