@@ -71,19 +71,24 @@ def admin_execute(statement: str) -> None:
         conn.execute(statement)
 
 
-def run(quick: bool) -> dict:
-    """Run the bench in a child process (own database and settings); its figures as a dict."""
-    env = {**os.environ, **BENCH_ENV}
-    command = [sys.executable, str(Path(__file__).resolve()), "--child"] + (["--quick"] if quick else [])
+def run_in_child(script: Path, env: dict, db_name: str, quick: bool, what: str) -> dict:
+    """Run `script --child` with `env` on a fresh database `db_name` (dropped after); the JSON
+    object of its last output line."""
+    command = [sys.executable, str(script.resolve()), "--child"] + (["--quick"] if quick else [])
     try:
-        admin_execute(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
-        admin_execute(f"CREATE DATABASE {DB_NAME}")
-        completed = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+        admin_execute(f"DROP DATABASE IF EXISTS {db_name} WITH (FORCE)")
+        admin_execute(f"CREATE DATABASE {db_name}")
+        completed = subprocess.run(command, cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=900)
         if completed.returncode:
-            raise RuntimeError(f"analytics bench exited with {completed.returncode}: {completed.stderr[-3000:]}")
+            raise RuntimeError(f"{what} exited with {completed.returncode}: {completed.stderr[-3000:]}")
         return json.loads(completed.stdout.strip().splitlines()[-1])
     finally:
-        admin_execute(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
+        admin_execute(f"DROP DATABASE IF EXISTS {db_name} WITH (FORCE)")
+
+
+def run(quick: bool) -> dict:
+    """Run the bench in a child process (own database and settings); its figures as a dict."""
+    return run_in_child(Path(__file__), BENCH_ENV, DB_NAME, quick, "analytics bench")
 
 
 def _child(quick: bool) -> dict:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.analytics_bench import admin_execute, p95  # noqa: E402 - the same child-process scheme
+from bench.analytics_bench import p95, run_in_child  # noqa: E402 - the same child-process scheme
 
 DB_NAME = "iiot_bench_pages"
 TENANT = "benchpages"
@@ -49,17 +48,7 @@ METRICS = ("temperature", "humidity", "pressure", "vibration")
 
 def run(quick: bool) -> dict:
     """Run the bench in a child process (own database and settings); its figures as a dict."""
-    env = {**os.environ, **BENCH_ENV}
-    command = [sys.executable, str(Path(__file__).resolve()), "--child"] + (["--quick"] if quick else [])
-    try:
-        admin_execute(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
-        admin_execute(f"CREATE DATABASE {DB_NAME}")
-        completed = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-        if completed.returncode:
-            raise RuntimeError(f"pages bench exited with {completed.returncode}: {completed.stderr[-3000:]}")
-        return json.loads(completed.stdout.strip().splitlines()[-1])
-    finally:
-        admin_execute(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
+    return run_in_child(Path(__file__), BENCH_ENV, DB_NAME, quick, "pages bench")
 
 
 def _child(quick: bool) -> dict:
