@@ -23,6 +23,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection, transaction
 from django.db.models import Q
+from django.db.models.signals import post_save
 from django.utils import timezone
 from django_tenants.utils import schema_context
 
@@ -43,6 +44,7 @@ from alerting.models import (
     alert_can_move,
     alert_fingerprint,
 )
+from devices.models import Device
 from iiot.errors import ServiceConflict
 from iiot.request_context import ClientInfo
 
@@ -176,21 +178,26 @@ def _record_event(
         text=text,
         data=data or {},
     )
+    _push_event_on_commit(alert, event)
+    return event
+
+
+def _push_event_on_commit(alert: Alert, event: AlertEvent) -> None:
+    """The event (with the alert's summary) to the tenant's live group once the transaction commits."""
     schema = connection.schema_name
     message = {
         "type": "alert.event",
         "event": {
             "id": event.pk,
-            "kind": kind,
+            "kind": event.kind,
             "at": event.at.isoformat(),
             "actor": event.actor_email or None,
-            "text": text,
+            "text": event.text,
             "data": event.data,
             "alert": _live_summary(alert),
         },
     }
     transaction.on_commit(lambda: _push_live(schema, message), robust=True)
-    return event
 
 
 # --- Notifications ------------------------------------------------------------------------------
@@ -245,6 +252,118 @@ def _validate_firing(severity: str, observed_at: datetime) -> None:
         raise ValidationError({"observed_at": ["Must be timezone-aware."]})
 
 
+# Opening and auto-resolving an alert are what the rule engine does on the ingest path, where every
+# round trip to a busy database costs milliseconds: each is one statement (the alert row, its
+# timeline event and, on opening, its notification deliveries), atomic on its own and, inside a
+# caller's transaction, part of it. Names are schema-qualified, so nothing depends on search_path.
+
+
+def _table(model) -> str:
+    return f'"{connection.schema_name}"."{model._meta.db_table}"'
+
+
+_ALERT_FIELDS = list(Alert._meta.concrete_fields)
+_ALERT_COLUMNS = ", ".join(field.column for field in _ALERT_FIELDS)
+
+_OPEN_SQL = """
+WITH created AS (
+    INSERT INTO {alert} (fingerprint, rule_id, rule_name, device_id, device_uid, severity, state, message, value,
+                         details, count, first_seen_at, last_seen_at, updated_at, auto_resolved)
+    SELECT %(fingerprint)s, %(rule_id)s, %(rule_name)s, d.id, coalesce(d.uid, ''), %(severity)s, 'triggered', %(message)s,
+           %(value)s, %(details)s::jsonb, 1, %(at)s, %(at)s, %(now)s, false
+    FROM (SELECT 1) one LEFT JOIN {device} d ON d.id = %(device_id)s
+    WHERE NOT EXISTS (SELECT 1 FROM {alert} o WHERE o.fingerprint = %(fingerprint)s AND o.state = ANY(%(open)s))
+    ON CONFLICT DO NOTHING
+    RETURNING {columns}
+), event AS (
+    INSERT INTO {event} (alert_id, kind, at, actor_email, text, data)
+    SELECT id, %(kind)s, %(now)s, '', %(message)s, %(event_data)s::jsonb FROM created
+    RETURNING id
+), deliveries AS (
+    INSERT INTO {delivery} (channel_id, alert_id, event_kind, status, attempts, payload, response_excerpt, error)
+    SELECT c.id, created.id, 'triggered', 'pending', 0,
+           jsonb_set(%(payload)s::jsonb, '{{alert}}', (%(payload)s::jsonb -> 'alert') || jsonb_build_object(
+               'id', created.id, 'device_id', created.device_id, 'device_uid', created.device_uid,
+               'url', CASE WHEN %(base_url)s = '' THEN '' ELSE %(base_url)s || '/api/v1/alerts/' || created.id END,
+               'device_url', CASE WHEN %(base_url)s = '' OR created.device_id IS NULL THEN ''
+                                  ELSE %(base_url)s || '/api/v1/devices/' || created.device_id END)),
+           '', ''
+    FROM created JOIN {channel} c ON c.id = ANY(%(channel_ids)s) AND c.enabled AND c.min_severity = ANY(%(floors)s)
+    RETURNING id
+)
+SELECT {columns}, (SELECT id FROM event), ARRAY(SELECT id FROM deliveries ORDER BY id) FROM created
+"""
+
+_CLEAR_SQL = """
+WITH target AS (
+    SELECT id, state FROM {alert} WHERE fingerprint = %(fingerprint)s AND state = ANY(%(open)s) FOR UPDATE
+), closed AS (
+    UPDATE {alert} AS a SET state = 'resolved', resolved_at = GREATEST(%(at)s, a.first_seen_at), auto_resolved = true,
+                            updated_at = %(now)s
+    FROM target WHERE a.id = target.id
+    RETURNING {alert_columns}, target.state AS previous
+), event AS (
+    INSERT INTO {event} (alert_id, kind, at, actor_email, text, data)
+    SELECT id, %(kind)s, resolved_at, '', '', jsonb_build_object('value', %(value)s::jsonb, 'from', previous) FROM closed
+    RETURNING id
+)
+SELECT {columns}, (SELECT id FROM event), previous FROM closed
+"""
+
+
+def _saved(instance, *, created: bool, update_fields=None) -> None:
+    """post_save for a row the statement wrote, as a save() would send it (metrics observe these)."""
+    post_save.send(sender=type(instance), instance=instance, created=created, update_fields=update_fields, raw=False,
+                   using=connection.alias)  # fmt: skip
+
+
+def _alert_from_row(row) -> Alert:
+    return Alert.from_db(connection.alias, [field.attname for field in _ALERT_FIELDS], row[: len(_ALERT_FIELDS)])
+
+
+def _open_alert(
+    *, fingerprint: str, rule_id, rule_name, device_id, severity, message, value, observed_at, details, channel_ids
+) -> Alert | None:
+    """Open a new alert in one statement: the alert, its 'triggered' event and one pending delivery
+    per enabled channel whose severity floor it reaches (enqueued after commit). None when an alert
+    of that fingerprint is open, or another process opened one at the same moment."""
+    now = timezone.now()
+    details = details or {}
+    data = {"value": value, "severity": severity}
+    channel_ids = [int(pk) for pk in channel_ids or ()]
+    base_url = _base_url() if channel_ids else ""
+    payload = "{}"
+    if channel_ids:  # the statement fills in the alert's id, device and links
+        draft = Alert(fingerprint=fingerprint, rule_id=rule_id, rule_name=(rule_name or "")[:200], severity=severity,
+                      message=message, value=value, details=details, first_seen_at=observed_at, last_seen_at=observed_at)  # fmt: skip
+        summary = {"event": "alert.triggered", "tenant": connection.schema_name, "alert": alert_summary(draft, base_url="")}
+        payload = json.dumps(summary, default=str)
+    statement = _OPEN_SQL.format(
+        alert=_table(Alert), device=_table(Device), event=_table(AlertEvent), delivery=_table(NotificationDelivery),
+        channel=_table(NotificationChannel), columns=_ALERT_COLUMNS,
+    )  # fmt: skip
+    params = {
+        "fingerprint": fingerprint, "rule_id": rule_id, "rule_name": (rule_name or "")[:200], "device_id": device_id,
+        "severity": severity, "message": message, "value": value, "details": json.dumps(details, default=str),
+        "at": observed_at, "now": now, "open": list(OPEN_STATES), "kind": AlertEventKind.TRIGGERED,
+        "event_data": json.dumps(data), "channel_ids": channel_ids, "base_url": base_url, "payload": payload,
+        "floors": [""] + [name for name in Severity.values if SEVERITY_RANK[severity] <= SEVERITY_RANK[name]],
+    }  # fmt: skip
+    with connection.cursor() as cursor:
+        cursor.execute(statement, params)
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    alert = _alert_from_row(row)
+    event_id, delivery_ids = row[len(_ALERT_FIELDS)], row[len(_ALERT_FIELDS) + 1]
+    event = AlertEvent(id=event_id, alert=alert, kind=AlertEventKind.TRIGGERED, at=now, actor_email="", text=message, data=data)
+    _saved(alert, created=True)
+    _saved(event, created=True)
+    _push_event_on_commit(alert, event)
+    _enqueue_deliveries([NotificationDelivery(id=pk) for pk in delivery_ids])
+    return alert
+
+
 def raise_alert(
     *,
     rule_id: int | None,
@@ -264,6 +383,13 @@ def raise_alert(
     _validate_firing(severity, observed_at)
     fingerprint = alert_fingerprint(rule_id, device_id)
     message = (message or "")[:MESSAGE_MAX]
+    opened = _open_alert(
+        fingerprint=fingerprint, rule_id=rule_id, rule_name=rule_name, device_id=device_id, severity=severity,
+        message=message, value=value, observed_at=observed_at, details=details, channel_ids=channel_ids,
+    )  # fmt: skip
+    if opened is not None:
+        return opened, True
+    # An alert of this fingerprint is open (or another process opened it a moment ago): bump it.
     with transaction.atomic():
         alert = Alert.objects.select_for_update().filter(fingerprint=fingerprint, state__in=OPEN_STATES).first()
         created = False
@@ -334,24 +460,27 @@ def clear_alert(
     *, rule_id: int | None, device_id: int | None, observed_at: datetime, value: float | None = None, actor=None
 ) -> Alert | None:
     """Auto-resolve the open alert of that fingerprint (recorded as auto-resolved in its
-    timeline); None when none is open."""
-    with transaction.atomic():
-        alert = (
-            Alert.objects.select_for_update()
-            .filter(fingerprint=alert_fingerprint(rule_id, device_id), state__in=OPEN_STATES)
-            .first()
-        )
-        if alert is None:
-            return None
-        previous = alert.state
-        alert.state = AlertState.RESOLVED
-        alert.resolved_at = max(observed_at, alert.first_seen_at)
-        alert.auto_resolved = True
-        alert.save(update_fields=["state", "resolved_at", "auto_resolved", "updated_at"])
-        _record_event(
-            alert, AlertEventKind.AUTO_RESOLVED, actor=actor, data={"value": value, "from": previous}, at=alert.resolved_at
-        )
-        return alert
+    timeline); None when none is open. One statement (see `_open_alert`)."""
+    now = timezone.now()
+    statement = _CLEAR_SQL.format(
+        alert=_table(Alert), event=_table(AlertEvent), columns=_ALERT_COLUMNS,
+        alert_columns=", ".join(f"a.{field.column}" for field in _ALERT_FIELDS),
+    )  # fmt: skip
+    params = {"fingerprint": alert_fingerprint(rule_id, device_id), "open": list(OPEN_STATES), "at": observed_at, "now": now,
+              "kind": AlertEventKind.AUTO_RESOLVED, "value": json.dumps(value)}  # fmt: skip
+    with connection.cursor() as cursor:
+        cursor.execute(statement, params)
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    alert = _alert_from_row(row)
+    event_id, previous = row[len(_ALERT_FIELDS)], row[len(_ALERT_FIELDS) + 1]
+    event = AlertEvent(id=event_id, alert=alert, kind=AlertEventKind.AUTO_RESOLVED, at=alert.resolved_at, actor_email="",
+                       text="", data={"value": value, "from": previous})  # fmt: skip
+    _saved(alert, created=False, update_fields=frozenset({"state", "resolved_at", "auto_resolved", "updated_at"}))
+    _saved(event, created=True)
+    _push_event_on_commit(alert, event)
+    return alert
 
 
 # --- Human transitions --------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -151,7 +152,7 @@ def apply_event(event: RuleEvent) -> Any:
         from alerting import services as alerting
     except ImportError:  # the alerting app is not there (yet)
         alerting = None
-    with schema_context(event.schema):
+    with nullcontext() if connection.schema_name == event.schema else schema_context(event.schema):
         if event.kind == FIRE:
             if rule.actions.get("raise_alert", True) and alerting is not None:
                 result = alerting.raise_alert(

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 
 import orjson
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import InterfaceError, OperationalError, close_old_connections, connection
 from django_tenants.utils import get_public_schema_name, schema_context
 
 from iiot import pubsub as channels
@@ -55,6 +55,8 @@ logger = logging.getLogger(__name__)
 # Channels (iiot/pubsub.py, `{schema}:db{n}:{topic}`): rules changed, registry changed, and rule
 # states changed by another ingest process.
 TOPICS = ("rules", "registry", "rules:state")
+# Action workers check their database connection at most this often (seconds).
+HEALTH_CHECK_INTERVAL_S = 1.0
 STATE_TOPIC = "rules:state"
 
 
@@ -464,6 +466,7 @@ class StreamingEvaluator:
         metrics.ACTION_QUEUE.set(sum(q.qsize() for q in self._queues))
 
     def _worker(self, jobs: queue.Queue) -> None:
+        checked = 0.0
         while True:
             try:
                 item = jobs.get(timeout=0.5)
@@ -473,8 +476,21 @@ class StreamingEvaluator:
                 continue
             arrived, event = item
             try:
-                close_old_connections()
-                self.apply(event)
+                # Django's connection health check is a round trip of its own: at most once a
+                # second, and a connection that broke since is replaced and the event applied again.
+                if time.monotonic() - checked >= HEALTH_CHECK_INTERVAL_S:
+                    close_old_connections()
+                    checked = time.monotonic()
+                # The worker's connection stays in the schema of its last event: apply_event does
+                # not switch (a switch costs a search_path round trip) for a run of one tenant's events.
+                if connection.schema_name != event.schema:
+                    connection.set_schema(event.schema)
+                try:
+                    self.apply(event)
+                except (InterfaceError, OperationalError):
+                    logger.info("rule action: database connection lost, reconnecting", exc_info=True)
+                    connection.close()
+                    self.apply(event)
                 metrics.ACTION_LAG.observe(time.perf_counter() - arrived)
             except Exception:
                 logger.exception("rule action failed", extra={"schema": event.schema, "rule": event.rule.id, "device": event.device_id})

@@ -17,7 +17,7 @@ from django.db import transaction
 from django_tenants.utils import schema_context
 
 from alerting import services, webhooks
-from alerting.models import AlertEvent, NotificationChannel, NotificationDelivery
+from alerting.models import Alert, AlertEvent, NotificationChannel, NotificationDelivery
 from alerting.tasks import deliver_notification, retry_countdown
 from alerting.tests.conftest import fire, free_port, make_channel
 
@@ -555,3 +555,45 @@ def test_the_host_is_resolved_once_and_the_connection_pinned(
     assert [d.status for d in deliveries] == ["succeeded"], deliveries[0].error
     assert lookups == ["hooks.rebind.test"]
     assert receiver.requests[0].headers["Host"] == f"hooks.rebind.test:{port}"
+
+
+def test_a_new_alert_carries_its_delivery_payload_in_the_same_statement(alpha, device, django_capture_on_commit_callbacks):
+    """The opening statement writes each delivery's payload with the alert's own id, device and
+    links, the same summary `alert_summary` gives of the stored alert."""
+    from tenants.models import Domain
+
+    channel = make_channel("alpha", "webhook")
+    with schema_context("public"):
+        domain = Domain.objects.filter(tenant__schema_name="alpha", is_primary=True).values_list("domain", flat=True).first()
+    with schema_context("alpha"), django_capture_on_commit_callbacks():
+        alert, created = fire("alpha", rule_id=803, device=device, severity="critical", channel_ids=[channel.pk],
+                              details={"metric_id": 7})  # fmt: skip
+        delivery = NotificationDelivery.objects.get(alert=alert)
+        stored = Alert.objects.get(pk=alert.pk)
+        expected = services.alert_summary(stored)
+    assert created and delivery.status == "pending" and delivery.event_kind == "triggered"
+    assert delivery.payload == {"event": "alert.triggered", "tenant": "alpha", "alert": expected}
+    assert expected["id"] == alert.pk and expected["device_uid"] == device.uid and expected["details"] == {"metric_id": 7}
+    if domain:
+        assert expected["url"].endswith(f"/api/v1/alerts/{alert.pk}") and expected["device_url"].endswith(f"/devices/{device.pk}")
+
+
+def test_opening_and_auto_resolving_are_one_statement_each(alpha, device):
+    """The rule engine's path on a busy database: one round trip to open, one to clear (the
+    search_path is not needed: names are schema-qualified)."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    def statements(ctx) -> list[str]:
+        return [query["sql"] for query in ctx.captured_queries if not query["sql"].upper().startswith("SET ")]
+
+    with schema_context("alpha"):
+        with CaptureQueriesContext(connection) as opening:
+            alert, created = fire("alpha", rule_id=804, device=device)
+        with CaptureQueriesContext(connection) as clearing:
+            cleared = services.clear_alert(rule_id=804, device_id=device.pk, observed_at=alert.first_seen_at, value=1.5)
+        kinds = list(alert.events.order_by("id").values_list("kind", "data"))
+    assert created and len(statements(opening)) == 1, statements(opening)
+    assert cleared is not None and cleared.pk == alert.pk and cleared.state == "resolved" and cleared.auto_resolved
+    assert len(statements(clearing)) == 1, statements(clearing)
+    assert kinds == [("triggered", {"value": 80.0, "severity": "major"}), ("auto_resolved", {"value": 1.5, "from": "triggered"})]

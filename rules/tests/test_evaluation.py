@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import queue
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -374,3 +375,46 @@ def test_a_second_process_adopts_the_state_another_one_published(alpha, plant):
     # its own messages are ignored
     second.evaluator._adopt("alpha", orjson.dumps({"origin": second.evaluator.origin, "states": {f"{rule.pk}:{device.pk}": packed}}))
     assert second.evaluator._tenants["alpha"].states[(rule.pk, device.pk)].firing is False
+
+
+def test_an_action_worker_reconnects_when_its_connection_was_cut(alpha):
+    """The action worker checks its connection at most once a second; an event arriving on a
+    connection that broke since (a database restart, a terminated backend) is applied again on a
+    new one, not lost."""
+    import threading
+
+    from rules.evaluation import compile_rule
+    from rules.services import RuleEvent
+    from telemetry.tests.test_ingest_support import fetch, wait_for
+
+    row = Rule(pk=990_000 + int(time.time()) % 10_000, name="reconnect", type="threshold", severity="minor",
+               target_kind="device", condition={"metric": "temperature", "op": "gt", "value": 80}, actions={})  # fmt: skip
+    rule = compile_rule(row, metric_ids={"temperature": 1}, timezone="UTC")
+    device_id = 880_000 + int(time.time()) % 10_000  # no such device: the alert keeps no device
+    evaluator = StreamingEvaluator(workers=1, refresh_s=3600)
+    jobs: queue.Queue = queue.Queue()
+    worker = threading.Thread(target=evaluator._worker, args=(jobs,), daemon=True)
+    worker.start()
+
+    def states() -> list[str]:
+        return [state for (state,) in fetch("SELECT state FROM alpha.alerting_alert WHERE rule_id = %s", row.pk)]
+
+    def event(kind: str, value: float) -> RuleEvent:
+        return RuleEvent(schema="alpha", rule=rule, device_id=device_id, kind=kind, ts=time.time(), value=value)
+
+    try:
+        jobs.put((time.perf_counter(), event(FIRE, 95.0)))
+        assert wait_for(lambda: states() == ["triggered"], 10), states()
+        cut = fetch(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid <> pg_backend_pid() AND query LIKE %s",
+            "%alerting_alert%",
+        )
+        assert cut and all(ok for (ok,) in cut)
+        jobs.put((time.perf_counter(), event(CLEAR, 50.0)))
+        assert wait_for(lambda: states() == ["resolved"], 10), states()
+    finally:
+        evaluator._stop.set()
+        worker.join(5)
+        fetch("DELETE FROM alpha.alerting_alertevent WHERE alert_id IN (SELECT id FROM alpha.alerting_alert WHERE rule_id = %s) RETURNING id", row.pk)
+        fetch("DELETE FROM alpha.alerting_alert WHERE rule_id = %s RETURNING id", row.pk)
