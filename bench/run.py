@@ -185,51 +185,76 @@ def truncate_points(schema: str, *, settle: bool = False) -> None:
 
 
 class LoadRun:
-    """bench.loadgen.run_load in a thread of its own; `stats` is its Stats once the load has begun."""
+    """bench.loadgen.run_load in a process of its own (forked), so that the load generator's work
+    never holds the GIL of the process whose probes and pollers time the latencies; `stats` is its
+    final Stats once joined. Timestamps are time.perf_counter() (CLOCK_MONOTONIC: one clock for
+    all processes of the machine)."""
 
     def __init__(self, devices, host: str, port: int, *, qos: int, duration_s: float, rate: float, wait_acks_s: float) -> None:
-        from bench import loadgen
+        import multiprocessing
 
+        context = multiprocessing.get_context("fork")
         self.stats = None
-        self.error: BaseException | None = None
-        holder = self
-
-        class _Stats(loadgen.Stats):
-            def __init__(self, *args, **kwargs) -> None:
-                super().__init__(*args, **kwargs)
-                holder.stats = self
-
-        def target() -> None:
-            saved = loadgen.Stats
-            loadgen.Stats = _Stats
-            try:
-                asyncio.run(loadgen.run_load(devices, host, port, qos=qos, duration_s=duration_s,
-                                             rate_msgs_per_s=rate, wait_acks_s=wait_acks_s))  # fmt: skip
-            except BaseException as exc:  # noqa: BLE001 - reported by the caller
-                self.error = exc
-            finally:
-                loadgen.Stats = saved
-
-        self.thread = threading.Thread(target=target, name="loadgen", daemon=True)
-        self.thread.start()
+        self.error: str | None = None
+        self._started = context.Value("d", 0.0)
+        self._results, child_end = context.Pipe(duplex=False)
+        self.process = context.Process(
+            target=_load_child, args=(child_end, self._started, devices, host, port, qos, duration_s, rate, wait_acks_s),
+            name="loadgen", daemon=True,
+        )  # fmt: skip
+        self.process.start()
+        child_end.close()
 
     def window(self, timeout: float = 120.0) -> float:
         """Wait until the publishing has started; returns its start (perf_counter time)."""
         deadline = time.monotonic() + timeout
-        while self.stats is None or not self.stats.started:
-            if not self.thread.is_alive():
-                raise RuntimeError(f"load generator ended before publishing: {self.error!r}")
+        while not self._started.value:
+            if not self.process.is_alive():
+                self._collect(0)
+                raise RuntimeError(f"load generator ended before publishing: {self.error}")
             if time.monotonic() > deadline:
                 raise RuntimeError("load generator did not start")
             time.sleep(0.01)
-        return self.stats.started
+        return self._started.value
 
     def join(self, timeout: float) -> None:
-        self.thread.join(timeout)
-        if self.thread.is_alive():
+        self._collect(timeout)
+        self.process.join(5)
+        if self.stats is None and self.error is None:
             raise RuntimeError("load generator did not finish")
         if self.error is not None:
-            raise RuntimeError(f"load generator failed: {self.error!r}")
+            raise RuntimeError(f"load generator failed: {self.error}")
+
+    def _collect(self, timeout: float) -> None:
+        if self.stats is None and self.error is None and self._results.poll(timeout):
+            kind, value = self._results.recv()
+            if kind == "stats":
+                from bench import loadgen
+
+                self.stats = loadgen.Stats(**value)
+            else:
+                self.error = value
+
+
+def _load_child(results, started, devices, host: str, port: int, qos: int, duration_s: float, rate: float, wait_acks_s: float) -> None:
+    """The LoadRun process: runs the load, reports its start as soon as it has one, then its Stats."""
+    import dataclasses
+
+    from bench import loadgen
+
+    class _Stats(loadgen.Stats):
+        def __setattr__(self, name, value) -> None:
+            super().__setattr__(name, value)
+            if name == "started" and value:
+                started.value = value
+
+    loadgen.Stats = _Stats
+    try:
+        stats = asyncio.run(loadgen.run_load(devices, host, port, qos=qos, duration_s=duration_s,
+                                             rate_msgs_per_s=rate, wait_acks_s=wait_acks_s))  # fmt: skip
+        results.send(("stats", dataclasses.asdict(stats)))
+    except BaseException as exc:  # noqa: BLE001 - reported by the parent
+        results.send(("error", repr(exc)))
 
 
 def sleep_until(moment: float) -> None:
