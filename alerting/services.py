@@ -12,13 +12,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import secrets
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypedDict
 
-from asgiref.sync import async_to_sync
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection, transaction
@@ -127,6 +128,52 @@ def alert_summary(alert: Alert, *, base_url: str | None = None) -> AlertSummary:
 _LIVE_SENDS: set[asyncio.Task] = set()  # strong references until the sends finish
 
 
+class _LiveSender:
+    """Live pushes from synchronous code (rule action workers, Celery tasks, sync views): one event
+    loop thread per process sends them in order. `async_to_sync` on a plain thread would start an
+    event loop per push and, with it, a new Redis connection of the channel layer (several round
+    trips each time, on the rule engine's path)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pid = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._queue: asyncio.Queue | None = None
+
+    def submit(self, layer, group: str, message: dict[str, Any]) -> None:
+        loop, jobs = self._running()
+        loop.call_soon_threadsafe(jobs.put_nowait, (layer, group, message))
+
+    def _running(self) -> tuple[asyncio.AbstractEventLoop, asyncio.Queue]:
+        with self._lock:
+            if self._pid != os.getpid() or self._loop is None:  # first use, or a forked child (Celery)
+                ready = threading.Event()
+                threading.Thread(target=self._run, args=(ready,), name="alert-live-sender", daemon=True).start()
+                ready.wait(5)
+                self._pid = os.getpid()
+            assert self._loop is not None and self._queue is not None
+            return self._loop, self._queue
+
+    def _run(self, ready: threading.Event) -> None:
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        self._loop, self._queue = loop, asyncio.Queue()
+        ready.set()
+        loop.run_until_complete(self._drain(self._queue))
+
+    @staticmethod
+    async def _drain(jobs: asyncio.Queue) -> None:
+        while True:
+            layer, group, message = await jobs.get()
+            try:
+                await layer.group_send(group, message)
+            except Exception:  # best effort, as below
+                logger.warning("live alert push failed", extra={"group": group}, exc_info=True)
+
+
+_LIVE_SENDER = _LiveSender()
+
+
 def _push_live(schema: str, message: dict[str, Any]) -> None:
     from channels.layers import get_channel_layer
 
@@ -143,7 +190,7 @@ def _push_live(schema: str, message: dict[str, Any]) -> None:
             _LIVE_SENDS.add(task)
             task.add_done_callback(_LIVE_SENDS.discard)
         else:
-            async_to_sync(layer.group_send)(alerts_group(schema), message)
+            _LIVE_SENDER.submit(layer, alerts_group(schema), message)
     except Exception:  # a dashboard update is best effort: never fail the change that caused it
         logger.warning("live alert push failed", extra={"schema": schema}, exc_info=True)
 

@@ -597,3 +597,22 @@ def test_opening_and_auto_resolving_are_one_statement_each(alpha, device):
     assert cleared is not None and cleared.pk == alert.pk and cleared.state == "resolved" and cleared.auto_resolved
     assert len(statements(clearing)) == 1, statements(clearing)
     assert kinds == [("triggered", {"value": 80.0, "severity": "major"}), ("auto_resolved", {"value": 1.5, "from": "triggered"})]
+
+
+def test_live_pushes_from_plain_threads_arrive_in_order(listener):
+    """Synchronous code (a rule action worker) hands its pushes to one sender loop: they arrive,
+    in the order they were made, without blocking the caller on Redis."""
+    import threading
+
+    layer, join = listener
+    mine = join("alpha.alerts")
+
+    def push() -> None:
+        for n in range(20):
+            services._push_live("alpha", {"type": "alert.event", "event": {"kind": "note", "n": n}})
+
+    worker = threading.Thread(target=push)
+    worker.start()
+    worker.join(5)
+    received = [_receive(layer, mine)["event"]["n"] for _ in range(20)]
+    assert received == list(range(20))
