@@ -264,6 +264,33 @@ def test_qos0_and_graceful_shutdown_acknowledges_what_committed(ingest_broker, p
 
 
 @pytest.mark.django_db
+def test_stop_takes_no_new_messages_from_a_backlog(ingest_broker, plant, ingest):
+    """SIGTERM with a backlog waiting at the broker: the ingest stops reading, writes and
+    acknowledges what it took, and exits; it does not drain the backlog first (a stream that never
+    lets the last batch be the last one used to hold the stop until its timeout). The rest is
+    redelivered to the next session: nothing lost, nothing stored twice."""
+    # Few pending points allowed: the ingest reads at the pace it writes, the backlog stays queued.
+    process = ingest(INGEST_MAX_PENDING_POINTS="2000")
+    assert process.terminate() == 0  # the session (and its subscription) stays at the broker
+    ids = [d.pk for d in plant.devices[:2]]
+    before = count_points("alpha", ids)
+    publishers = _publishers(ingest_broker, plant, 2)
+    sent = _stream(publishers, 15_000, _base_ms() + 700_000)  # queued for the ingest's session
+    _close(publishers)
+    process.start(wait=False)  # the broker hands the session's backlog over before the SUBACK
+    assert wait_for(lambda: count_points("alpha", ids) - before > 0, 30, interval=0.05)
+    assert process.terminate(timeout=30) == 0
+    stopped_with = count_points("alpha", ids) - before
+    log = process.log()
+    assert "ingest stopped" in log and "not written in time" not in log
+    assert stopped_with < sent * 4, "the stop drained the whole backlog"
+    process.start()
+    assert wait_for(lambda: count_points("alpha", ids) - before >= sent * 4, 60)
+    time.sleep(0.5)
+    assert count_points("alpha", ids) - before == sent * 4
+
+
+@pytest.mark.django_db
 def test_two_processes_share_the_stream_and_stop_together(ingest_broker, plant, ingest):
     """`ingest --processes 2`: this process is instance 0 and spawns instance 1; the broker splits
     the shared subscription between them; SIGTERM stops both after their last commit."""

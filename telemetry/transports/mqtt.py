@@ -264,7 +264,7 @@ class MqttTransport:
             self.connection.pause_reading()
 
     def _resume_reading(self) -> None:
-        if self.connection is not None:
+        if self.connection is not None and not self._stop.is_set():
             self.connection.resume_reading()
 
     async def _open(self) -> Connection:
@@ -349,7 +349,11 @@ class MqttTransport:
                     logger.warning("MQTT connection lost; reconnecting", extra={"retry_in_s": round(delay, 2), "error": str(connection.lost.result())[:200]})
                     await self._sleep(delay)
         finally:
-            # Write what is pending; the waiters resolve and the PUBACKs go out on this connection.
+            # Take no new message (the broker keeps what is unacknowledged for the next session;
+            # a busy stream would otherwise keep the last batch from ever being the last), write
+            # what is pending; the waiters resolve and the PUBACKs go out on this connection.
+            if self.connection is not None and self.connection.open:
+                self.connection.pause_reading()
             await self.service.stop()
             await asyncio.sleep(0.05)
             connection = self.connection
