@@ -364,8 +364,16 @@ def _saved(instance, *, created: bool, update_fields=None) -> None:
                    using=connection.alias)  # fmt: skip
 
 
-def _alert_from_row(row) -> Alert:
-    return Alert.from_db(connection.alias, [field.attname for field in _ALERT_FIELDS], row[: len(_ALERT_FIELDS)])
+def _write_alert(statement: str, params: dict[str, Any]) -> tuple[Alert, tuple] | None:
+    """Run `_OPEN_SQL` or `_CLEAR_SQL`: (the alert as written, the row's further columns), or None
+    when it wrote nothing."""
+    with connection.cursor() as cursor:
+        cursor.execute(statement, params)
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    width = len(_ALERT_FIELDS)
+    return Alert.from_db(connection.alias, [field.attname for field in _ALERT_FIELDS], row[:width]), tuple(row[width:])
 
 
 def _open_alert(
@@ -396,13 +404,10 @@ def _open_alert(
         "event_data": json.dumps(data), "channel_ids": channel_ids, "base_url": base_url, "payload": payload,
         "floors": [""] + [name for name in Severity.values if SEVERITY_RANK[severity] <= SEVERITY_RANK[name]],
     }  # fmt: skip
-    with connection.cursor() as cursor:
-        cursor.execute(statement, params)
-        row = cursor.fetchone()
-    if row is None:
+    written = _write_alert(statement, params)
+    if written is None:
         return None
-    alert = _alert_from_row(row)
-    event_id, delivery_ids = row[len(_ALERT_FIELDS)], row[len(_ALERT_FIELDS) + 1]
+    alert, (event_id, delivery_ids) = written
     event = AlertEvent(id=event_id, alert=alert, kind=AlertEventKind.TRIGGERED, at=now, actor_email="", text=message, data=data)
     _saved(alert, created=True)
     _saved(event, created=True)
@@ -515,13 +520,10 @@ def clear_alert(
     )  # fmt: skip
     params = {"fingerprint": alert_fingerprint(rule_id, device_id), "open": list(OPEN_STATES), "at": observed_at, "now": now,
               "kind": AlertEventKind.AUTO_RESOLVED, "value": json.dumps(value)}  # fmt: skip
-    with connection.cursor() as cursor:
-        cursor.execute(statement, params)
-        row = cursor.fetchone()
-    if row is None:
+    written = _write_alert(statement, params)
+    if written is None:
         return None
-    alert = _alert_from_row(row)
-    event_id, previous = row[len(_ALERT_FIELDS)], row[len(_ALERT_FIELDS) + 1]
+    alert, (event_id, previous) = written
     event = AlertEvent(id=event_id, alert=alert, kind=AlertEventKind.AUTO_RESOLVED, at=alert.resolved_at, actor_email="",
                        text="", data={"value": value, "from": previous})  # fmt: skip
     _saved(alert, created=False, update_fields=frozenset({"state", "resolved_at", "auto_resolved", "updated_at"}))
