@@ -135,7 +135,7 @@ def _child(quick: bool) -> dict:
     series = [(device.pk, metric.pk, signal) for metric, (_name, signal, _unit) in zip(catalogue, METRICS, strict=True)]
     loaded = load_bench_telemetry(schema=TENANT, series=series, first_day=first_day, days=days, hz=1.0)
     with connection.cursor() as cursor:
-        for table in ("telemetry_point", "telemetry_rollup_1m", "telemetry_rollup_1h"):
+        for table in ("telemetry_point", "telemetry_rollup_1m", "telemetry_rollup_1h_sealed"):
             cursor.execute(f'VACUUM ANALYZE "{TENANT}".{table}')
     load_s = loaded.seconds
     # A live system has the latest values in Redis (ingest writes them); the loader does not.

@@ -175,7 +175,7 @@ def truncate_points(schema: str, *, settle: bool = False) -> None:
 
     with psycopg.connect(BENCH_ENV["DATABASE_URL"].replace("postgres://", "postgresql://"), autocommit=True) as conn:
         if settle:
-            conn.execute(f'TRUNCATE "{schema}".telemetry_point, "{schema}".telemetry_rollup_1m, "{schema}".telemetry_rollup_1h')
+            conn.execute(f'TRUNCATE "{schema}".telemetry_point, "{schema}".telemetry_rollup_1m, "{schema}".telemetry_rollup_1h_sealed')
             conn.execute("CHECKPOINT")
         else:
             conn.execute(f'TRUNCATE "{schema}".telemetry_point')

@@ -232,9 +232,13 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False  # keep the structured (JSON) log handl
 # --- Telemetry storage and queries (telemetry/storage.py, telemetry/selectors.py) ----------------
 # Days of partitions created ahead of today by Celery beat (hourly) and `manage.py telemetry_partitions`.
 TELEMETRY_PARTITIONS_AHEAD_DAYS = env.int("TELEMETRY_PARTITIONS_AHEAD_DAYS", default=3)
+# Closed hours are folded into the sealed hourly rollups (beat, every 5 min) once they are this old
+# (seconds after the hour ends); until then the telemetry_rollup_1h view reads them from the minutes.
+TELEMETRY_ROLLUP_SEAL_GRACE_S = env.float("TELEMETRY_ROLLUP_SEAL_GRACE_S", default=120.0)
 # Beat schedule from settings (django-celery-beat's DatabaseScheduler syncs it into its tables).
 CELERY_BEAT_SCHEDULE = {
     "telemetry-partitions-ahead": {"task": "telemetry.ensure_partitions_ahead", "schedule": 3600.0},
+    "telemetry-seal-rollups": {"task": "telemetry.seal_rollups", "schedule": 300.0},
 }
 
 # --- Rules (rules/streaming.py, rules/services.py) ---------------------------------------------

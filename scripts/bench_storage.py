@@ -100,7 +100,7 @@ def main() -> None:
     with connection.cursor() as cursor:
         cursor.execute(f'VACUUM ANALYZE "{schema}".telemetry_point')
         cursor.execute(f'VACUUM ANALYZE "{schema}".telemetry_rollup_1m')
-        cursor.execute(f'VACUUM ANALYZE "{schema}".telemetry_rollup_1h')
+        cursor.execute(f'VACUUM ANALYZE "{schema}".telemetry_rollup_1h_sealed')
 
         def size_per_row(days: list) -> tuple[int, int]:
             size = rows = 0

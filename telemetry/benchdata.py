@@ -21,7 +21,7 @@ from psycopg import sql
 
 from telemetry.storage import (
     POINT_TABLE,
-    ROLLUP_1H_TABLE,
+    ROLLUP_1H_SEALED_TABLE,
     ROLLUP_1M_TABLE,
     ROLLUP_COLUMNS,
     ROLLUP_MERGE,
@@ -29,6 +29,8 @@ from telemetry.storage import (
     ensure_partitions_sql,
     rollup_from_points_sql,
     rollup_from_rollup_sql,
+    rollup_lock_sql,
+    sealed_through_sql,
 )
 
 logger = logging.getLogger(__name__)
@@ -123,7 +125,9 @@ def load_bench_telemetry(
 
 
 def fill_rollups(cursor: psycopg.Cursor, schema: str, day: date) -> None:
-    """The day's 1-minute rollups from its point partition, then its hours from those minutes."""
+    """The day's 1-minute rollups from its point partition, then its sealed hours from those minutes
+    (hours from the watermark on are left to the `telemetry_rollup_1h` view, as the writer does)."""
+    cursor.execute(rollup_lock_sql(shared=True), (schema,))
     start = datetime(day.year, day.month, day.day, tzinfo=UTC)
     end = start + timedelta(days=1)
     points = sql.Identifier(schema, f"{POINT_TABLE}_p{day:%Y%m%d}")
@@ -132,7 +136,7 @@ def fill_rollups(cursor: psycopg.Cursor, schema: str, day: date) -> None:
     )
     for table, rows in (
         (ROLLUP_1M_TABLE, rollup_from_points_sql(points, "1 minute")),
-        (ROLLUP_1H_TABLE, rollup_from_rollup_sql(minutes, "1 hour")),
+        (ROLLUP_1H_SEALED_TABLE, rollup_from_rollup_sql(minutes, "1 hour", sql.SQL("bucket < {}").format(sealed_through_sql(schema)))),
     ):
         cursor.execute(
             sql.SQL("INSERT INTO {} AS r ({}) {} {}").format(sql.Identifier(schema, table), ROLLUP_COLUMNS, rows, ROLLUP_MERGE)

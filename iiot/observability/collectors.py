@@ -31,7 +31,7 @@ from iiot.observability import multiprocess
 
 logger = logging.getLogger(__name__)
 
-TELEMETRY_TABLES = ("telemetry_point", "telemetry_rollup_1m", "telemetry_rollup_1h")
+TELEMETRY_TABLES = ("telemetry_point", "telemetry_rollup_1m", "telemetry_rollup_1h_sealed")  # not the view
 
 STORAGE_SQL = """
 SELECT n.nspname, p.relname, count(c.oid), coalesce(sum(pg_total_relation_size(c.oid)), 0)::bigint,

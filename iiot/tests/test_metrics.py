@@ -169,7 +169,7 @@ def test_partition_count_and_table_size_per_tenant(platform, settings):
         assert partitions > 0
         assert value(samples, "iiot_telemetry_partitions", tenant=schema, table="telemetry_point") == partitions
         assert value(samples, "iiot_telemetry_table_bytes", tenant=schema, table="telemetry_point") > 0
-        assert value(samples, "iiot_telemetry_partitions", tenant=schema, table="telemetry_rollup_1h") >= 1
+        assert value(samples, "iiot_telemetry_partitions", tenant=schema, table="telemetry_rollup_1h_sealed") >= 1
     assert not [s for s in samples["iiot_telemetry_partitions"] if s.labels["tenant"] == "public"]
 
 

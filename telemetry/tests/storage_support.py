@@ -47,7 +47,7 @@ def truncate_telemetry() -> None:
                 sql.SQL("TRUNCATE {}, {}, {}").format(
                     sql.Identifier(schema, "telemetry_point"),
                     sql.Identifier(schema, "telemetry_rollup_1m"),
-                    sql.Identifier(schema, "telemetry_rollup_1h"),
+                    sql.Identifier(schema, "telemetry_rollup_1h_sealed"),
                 )
             )
 
