@@ -208,6 +208,10 @@ INGEST_STREAMING_HOOKS: list[str] = ["rules.streaming.build_hook", "iiot.live.st
 # Redis for the telemetry pub/sub (default: the channel layer's); one PUBLISH per tenant per tick.
 LIVE_REDIS_URL = env.str("LIVE_REDIS_URL", default="") or CHANNEL_LAYERS["default"]["CONFIG"]["hosts"][0]
 LIVE_PUBLISH_MS = env.int("LIVE_PUBLISH_MS", default=25)
+# Only devices some WebSocket client watches are published: a watch lasts this long unless renewed
+# (web processes renew theirs every third of it); the ingest re-reads the watch sets this often.
+LIVE_WATCH_TTL_S = env.float("LIVE_WATCH_TTL_S", default=30.0)
+LIVE_WATCH_REFRESH_S = env.float("LIVE_WATCH_REFRESH_S", default=1.0)
 # Telemetry frames per second per connection: default, and the most a client may ask for.
 LIVE_DEFAULT_RATE = env.float("LIVE_DEFAULT_RATE", default=5.0)
 LIVE_MAX_RATE = env.float("LIVE_MAX_RATE", default=10.0)

@@ -234,6 +234,7 @@ class LiveConsumer(AsyncWebsocketConsumer):
         for pk in found:
             self.telemetry[str(pk)] = metrics
         self.hub.add(self.schema, new_keys, self)
+        await self.hub.watch(self.schema, new_keys)
         if message.rate is not None:
             self.rate = min(message.rate, self.max_rate)
         await self.send_frame(

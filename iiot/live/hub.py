@@ -27,7 +27,7 @@ from typing import Protocol
 import orjson
 from channels.db import database_sync_to_async
 
-from iiot.live.streaming import live_channel_pattern, live_redis_url, schema_of_channel
+from iiot.live.streaming import live_channel_pattern, live_redis_url, schema_of_channel, watch_commands, watch_ttl_s
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +75,8 @@ class TelemetryHub:
         self._catalogue_loaded: dict[str, float] = {}
         self._reloading: set[str] = set()
         self.task: asyncio.Task | None = None
+        self.watch_task: asyncio.Task | None = None
+        self._commands = None  # redis.asyncio client for watch commands (the listener has its own)
         self.ready = asyncio.Event()
         self.messages = 0
         self.last_sent_ms = 0
@@ -99,6 +101,41 @@ class TelemetryHub:
         if not tenant:
             del self.subscribers[schema]
 
+    async def watch(self, schema: str, device_keys: Iterable[str]) -> None:
+        """Tell the ingest processes that these devices are watched (streaming.py: only watched
+        devices are published). Awaited before the client hears `subscribed`."""
+        keys = list(device_keys)
+        if not keys:
+            return
+        try:
+            async with self._client().pipeline(transaction=False) as pipe:
+                watch_commands(pipe, schema, keys, announce=True)
+                await pipe.execute()
+        except Exception as exc:  # noqa: BLE001 - Redis away: the refresher retries, live is best-effort
+            logger.warning("live hub: watch not announced", extra={"schema": schema, "error": str(exc)[:300]})
+
+    def _client(self):  # noqa: ANN202
+        if self._commands is None:
+            import redis.asyncio as aioredis
+
+            self._commands = aioredis.Redis.from_url(self.url)
+        return self._commands
+
+    async def _keep_watching(self) -> None:
+        """Renew the watches of every subscribed device before they expire (a web process that
+        dies stops renewing, and its devices stop being published a TTL later)."""
+        while True:
+            await asyncio.sleep(watch_ttl_s() / 3)
+            try:
+                async with self._client().pipeline(transaction=False) as pipe:
+                    for schema, devices in self.subscribers.items():
+                        watch_commands(pipe, schema, list(devices), announce=False)
+                    await pipe.execute()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - try again next round
+                logger.warning("live hub: watches not renewed", extra={"error": str(exc)[:300]})
+
     # --- metric names ----------------------------------------------------------------------------
     async def ensure_catalogue(self, schema: str, force: bool = False) -> dict[str, str]:
         if force or schema not in self.catalogues:
@@ -120,6 +157,8 @@ class TelemetryHub:
         if self.task is None or self.task.done():
             tune_gc()
             self.task = asyncio.get_running_loop().create_task(self._listen(), name="live-hub")
+        if self.watch_task is None or self.watch_task.done():
+            self.watch_task = asyncio.get_running_loop().create_task(self._keep_watching(), name="live-hub-watch")
 
     async def _listen(self) -> None:
         import redis.asyncio as aioredis
@@ -172,13 +211,20 @@ class TelemetryHub:
                         sink.offer_telemetry(key, values)
 
     async def stop(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
+        for task in (self.task, self.watch_task):
+            if task is not None:
+                task.cancel()
+                try:
+                    await task
+                except (asyncio.CancelledError, Exception):  # noqa: BLE001, S110
+                    pass
+        self.task = self.watch_task = None
+        if self._commands is not None:
             try:
-                await self.task
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001, S110
+                await self._commands.aclose()
+            except Exception:  # noqa: BLE001, S110
                 pass
-            self.task = None
+            self._commands = None
 
 
 _hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, TelemetryHub] = weakref.WeakKeyDictionary()

@@ -8,12 +8,13 @@ from datetime import UTC, datetime, timedelta
 
 import orjson
 import pytest
+import redis
 from channels.layers import get_channel_layer
 
 from iiot.live import protocol
 from iiot.live.consumers import LiveConsumer
 from iiot.live.events import alerts_group, devices_group
-from iiot.live.streaming import LivePublisher
+from iiot.live.streaming import LivePublisher, live_redis_url, watch_key
 from iiot.live.tests.conftest import communicator
 from telemetry.storage import Point
 
@@ -209,6 +210,10 @@ async def test_telemetry_is_pushed_for_subscribed_devices_and_metrics_only(alpha
     await send(comm, {"type": "subscribe", "id": "a", "devices": [devices[0].pk, devices[1].uid], "metrics": ["temperature"]})
     subscribed = await frame(comm)
     assert subscribed["type"] == "subscribed" and [d["id"] for d in subscribed["devices"]] == sorted([devices[0].pk, devices[1].pk])
+    # before confirming, the server told the ingest processes these devices are watched (for a TTL)
+    watched = dict(redis.Redis.from_url(live_redis_url()).zrangebyscore(watch_key("alpha"), time.time(), "+inf", withscores=True))
+    for device in devices[:2]:
+        assert time.time() + 20 < watched[str(device.pk).encode()] <= time.time() + 30
     await asyncio.wait_for(hub.ready.wait(), 5)
     now = datetime.now(UTC)
     publisher = await publish("alpha", [point(devices[0], metrics["temperature"], 21.5, now), point(devices[0], metrics["pressure"], 1.2, now),
@@ -221,7 +226,7 @@ async def test_telemetry_is_pushed_for_subscribed_devices_and_metrics_only(alpha
     assert (await frame_of_type(comm, "unsubscribed"))["devices"] == [devices[0].pk]
     publisher("alpha", [point(devices[0], metrics["temperature"], 22.0)])
     assert await comm.receive_nothing(0.4)
-    publisher.task.cancel()
+    publisher.stop()
     await comm.disconnect()
 
 
@@ -251,7 +256,7 @@ async def test_burst_is_coalesced_to_the_rate_with_the_latest_values(alpha, live
     assert 1 <= len(frames) <= 2 * (elapsed + 0.8) + 1
     assert all(len(f["updates"]) == 1 for f in frames)
     assert frames[-1]["updates"][0]["values"]["temperature"][1] == 999.0
-    publisher.task.cancel()
+    publisher.stop()
     await comm.disconnect()
 
 
@@ -278,7 +283,7 @@ async def test_slow_client_is_disconnected_with_a_reason(alpha, live_plant, hub,
         await asyncio.sleep(0.01)
     reason = await closed_with(comm, protocol.CLOSE_SLOW_CLIENT, timeout=3)
     assert "Slow client" in reason
-    publisher.task.cancel()
+    publisher.stop()
 
 
 async def test_status_and_alert_streams(alpha, live_plant, hub):

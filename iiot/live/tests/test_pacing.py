@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import time
+import uuid
 from datetime import UTC, datetime
 
 import orjson
@@ -15,7 +16,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from iiot.live import hub as hub_module
 from iiot.live.consumers import FramePacer, LiveConsumer
-from iiot.live.streaming import LivePublisher, live_channel
+from iiot.live.streaming import LivePublisher, live_channel, watch_devices, watch_key
 from telemetry.storage import Point
 
 # --- FramePacer -----------------------------------------------------------------------------------
@@ -78,6 +79,7 @@ async def test_publisher_publishes_the_first_points_at_once_then_at_most_every_i
     client = aioredis.Redis.from_url(publisher.url)
     pubsub = client.pubsub(ignore_subscribe_messages=True)
     schema = "pacing-test"
+    watch_devices(schema, [1])
     await pubsub.subscribe(live_channel(schema))
     try:
         began = time.monotonic()
@@ -93,7 +95,48 @@ async def test_publisher_publishes_the_first_points_at_once_then_at_most_every_i
         assert second is not None and orjson.loads(second["data"])["devices"]["1"]["7"][1] == 3.0
         assert second_at >= 0.45
     finally:
-        publisher.task.cancel()
+        publisher.stop()
+        await pubsub.aclose()
+        await client.aclose()
+
+
+@pytest.mark.asyncio
+async def test_publisher_publishes_watched_devices_only_and_learns_new_watches_at_once(settings):
+    import redis.asyncio as aioredis
+
+    settings.LIVE_WATCH_REFRESH_S = 60.0  # no re-read during the test: the announcement must do it
+    schema = f"watch-test-{uuid.uuid4().hex[:6]}"
+    publisher = LivePublisher(interval_s=0.01)
+    client = aioredis.Redis.from_url(publisher.url)
+    pubsub = client.pubsub(ignore_subscribe_messages=True)
+    await pubsub.subscribe(live_channel(schema))
+    try:
+        now = datetime.now(UTC)
+        publisher(schema, [Point(1, 7, now, 1.0), Point(2, 7, now, 2.0)])  # nobody watches: nothing is published
+        assert await next_message(pubsub, timeout=0.3) is None
+        assert publisher.task is None and not publisher.pending
+
+        watch_devices(schema, [2])  # a WebSocket client subscribed somewhere
+        deadline = time.monotonic() + 2
+        while 2 not in publisher.watched.get(schema, set()) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        publisher(schema, [Point(1, 7, now, 3.0), Point(2, 7, now, 4.0)])
+        message = await next_message(pubsub)
+        assert message is not None and orjson.loads(message["data"])["devices"] == {"2": {"7": [int(now.timestamp() * 1000), 4.0]}}
+
+        # an expired watch is dropped at the next re-read
+        await client.zadd(watch_key(schema), {"2": time.time() - 1})
+        publisher.refresh_s = 0.05
+        publisher.watch_task.cancel()
+        publisher.watch_task = asyncio.get_running_loop().create_task(publisher.watch())
+        deadline = time.monotonic() + 2
+        while publisher.watched[schema] and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        publisher(schema, [Point(2, 7, now, 5.0)])
+        assert await next_message(pubsub, timeout=0.3) is None
+    finally:
+        publisher.stop()
+        await client.delete(watch_key(schema))
         await pubsub.aclose()
         await client.aclose()
 
