@@ -64,6 +64,16 @@ def test_duplicates_inside_one_batch_are_stored_once(writer):
     assert fetch("SELECT count, sum FROM alpha.telemetry_rollup_1m") == [(2, 3.0)]
 
 
+def test_of_two_points_with_the_same_timestamp_in_one_batch_the_first_received_is_stored(writer):
+    # Large enough that PostgreSQL's sort is not an insertion sort (stable by accident).
+    ts = utc(2026, 3, 2, 1, 0, 0)
+    batch = [Point(200 + device, metric, ts + timedelta(seconds=second), value)
+             for value in (1.0, 2.0) for device in range(20) for metric in (1, 2) for second in range(5)]  # fmt: skip
+    assert writer.write("alpha", batch) == WriteResult(inserted=200, duplicates=200)
+    assert fetch("SELECT DISTINCT value FROM alpha.telemetry_point WHERE device_id >= 200") == [(1.0,)]
+    assert fetch("SELECT sum(count), sum(sum) FROM alpha.telemetry_rollup_1m WHERE device_id >= 200") == [(200, 200.0)]
+
+
 def _expected_rollups(points: list[Point], width: timedelta) -> dict[tuple, tuple]:
     groups: dict[tuple, list[Point]] = defaultdict(list)
     origin = datetime(2000, 1, 1, tzinfo=UTC)
