@@ -27,7 +27,14 @@ from typing import Protocol
 import orjson
 from channels.db import database_sync_to_async
 
-from iiot.live.streaming import live_channel_pattern, live_redis_url, schema_of_channel, watch_commands, watch_ttl_s
+from iiot.live.streaming import (
+    live_channel_pattern,
+    live_redis_url,
+    pattern_messages,
+    schema_of_channel,
+    watch_commands,
+    watch_ttl_s,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -161,33 +168,12 @@ class TelemetryHub:
             self.watch_task = asyncio.get_running_loop().create_task(self._keep_watching(), name="live-hub-watch")
 
     async def _listen(self) -> None:
-        import redis.asyncio as aioredis
+        def connected(up: bool) -> None:
+            (self.ready.set if up else self.ready.clear)()
 
-        delay = 0.2
-        while True:
-            client = aioredis.Redis.from_url(self.url)
-            pubsub = client.pubsub(ignore_subscribe_messages=True)
-            try:
-                await pubsub.psubscribe(live_channel_pattern())
-                self.ready.set()
-                delay = 0.2
-                while True:
-                    message = await pubsub.get_message(timeout=30.0)
-                    if message is not None and message["type"] == "pmessage":
-                        self.dispatch(message["channel"].decode(), message["data"])
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - reconnect with backoff
-                self.ready.clear()
-                logger.warning("live hub lost Redis; reconnecting", extra={"error": str(exc)[:300], "retry_in_s": delay})
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-            finally:
-                try:
-                    await pubsub.aclose()
-                    await client.aclose()
-                except Exception:  # noqa: BLE001, S110
-                    pass
+        async for message in pattern_messages(self.url, live_channel_pattern(), timeout=lambda: 30.0, connected=connected, name="iiot-live-hub"):
+            if message is not None:
+                self.dispatch(message["channel"].decode(), message["data"])
 
     def dispatch(self, channel: str, data: bytes) -> None:
         self.messages += 1

@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 
 import orjson
 from django.conf import settings
@@ -97,6 +97,43 @@ def watch_devices(schema: str, device_ids: Sequence[int], url: str | None = None
         pipe.execute()
     finally:
         client.close()
+
+
+async def pattern_messages(
+    url: str, pattern: str, *, timeout: Callable[[], float], connected: Callable[[bool], None] | None = None, name: str = "live"
+) -> AsyncIterator[dict | None]:
+    """Messages of a Redis pattern subscription, for ever: the `pmessage`s, and None whenever
+    `timeout()` seconds pass without one. A lost connection is logged and reopened with backoff
+    (0.2 s doubling to 5 s); `connected(True/False)` is told each time it opens or is lost. `name`
+    is also the connection's CLIENT SETNAME (no spaces)."""
+    import redis.asyncio as aioredis
+
+    delay = 0.2
+    while True:
+        client = aioredis.Redis.from_url(url, client_name=name)
+        pubsub = client.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.psubscribe(pattern)
+            if connected is not None:
+                connected(True)
+            delay = 0.2
+            while True:
+                message = await pubsub.get_message(timeout=timeout())
+                yield message if message is not None and message["type"] == "pmessage" else None
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - reconnect with backoff
+            if connected is not None:
+                connected(False)
+            logger.warning(f"{name}: lost Redis; reconnecting", extra={"error": str(exc)[:300], "retry_in_s": delay})
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+        finally:
+            try:
+                await pubsub.aclose()
+                await client.aclose()
+            except Exception:  # noqa: BLE001, S110
+                pass
 
 
 def _parse_ids(members: Sequence[bytes | str]) -> set[int]:
@@ -229,37 +266,26 @@ class LivePublisher:
         import redis.asyncio as aioredis
 
         loop = asyncio.get_running_loop()
-        delay = 0.2
-        while True:
-            client = aioredis.Redis.from_url(self.url)
-            pubsub = client.pubsub(ignore_subscribe_messages=True)
-            try:
-                await pubsub.psubscribe(watch_pattern())
-                delay = 0.2
-                next_read = loop.time()
-                while True:
-                    if loop.time() >= next_read:
+        next_read = loop.time()
+        client = aioredis.Redis.from_url(self.url)
+        try:
+            async for message in pattern_messages(
+                self.url, watch_pattern(), timeout=lambda: max(0.01, next_read - loop.time()), name="iiot-live-watch"  # noqa: B023 - reads the current next_read on purpose
+            ):
+                if message is not None:
+                    schema = schema_of_channel(message["channel"].decode())
+                    if schema in self.watched:  # a tenant this process has not seen loads on first sight
+                        self.watched[schema] |= _parse_ids(message["data"].split(b","))
+                if loop.time() >= next_read:
+                    next_read = loop.time() + self.refresh_s
+                    try:
                         now = time.time()
                         for schema in list(self.watched):
                             self.watched[schema] = _parse_ids(await client.zrangebyscore(watch_key(schema), now, "+inf"))
-                        next_read = loop.time() + self.refresh_s
-                    message = await pubsub.get_message(timeout=max(0.01, next_read - loop.time()))
-                    if message is not None and message["type"] == "pmessage":
-                        schema = schema_of_channel(message["channel"].decode())
-                        if schema in self.watched:  # a tenant this process has not seen loads on first sight
-                            self.watched[schema] |= _parse_ids(message["data"].split(b","))
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - keep the last known sets, reconnect with backoff
-                self._warn("live updates: watch announcements lost; reconnecting", exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-            finally:
-                try:
-                    await pubsub.aclose()
-                    await client.aclose()
-                except Exception:  # noqa: BLE001, S110
-                    pass
+                    except Exception as exc:  # noqa: BLE001 - keep the last known sets, read again next time
+                        self._warn("live updates: watched devices not re-read", exc)
+        finally:
+            await client.aclose()
 
 
 def live_updates_hook() -> LivePublisher | None:

@@ -141,6 +141,40 @@ async def test_publisher_publishes_watched_devices_only_and_learns_new_watches_a
         await client.aclose()
 
 
+@pytest.mark.asyncio
+async def test_pattern_subscription_reconnects_after_the_connection_is_cut(settings):
+    import redis
+
+    from iiot.live.streaming import pattern_messages
+
+    name, channel = f"iiot-test-{uuid.uuid4().hex[:6]}", f"reconnect-{uuid.uuid4().hex[:6]}"
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    states, got = [], []
+
+    async def consume():
+        async for message in pattern_messages(settings.REDIS_URL, f"{channel}:*", timeout=lambda: 0.05, connected=states.append, name=name):
+            if message is not None:
+                got.append(message["data"])
+                if len(got) == 2:
+                    return
+
+    task = asyncio.create_task(consume())
+    try:
+        await asyncio.sleep(0.3)
+        client.publish(f"{channel}:a", b"before")
+        await asyncio.sleep(0.3)
+        assert client.client_kill_filter(_id=next(c["id"] for c in client.client_list() if c["name"] == name)) == 1
+        deadline = time.monotonic() + 5
+        while states.count(True) < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        client.publish(f"{channel}:a", b"after")
+        await asyncio.wait_for(task, 5)
+    finally:
+        task.cancel()
+        client.close()
+    assert states == [True, False, True] and got == [b"before", b"after"]
+
+
 # --- the channel layer's receive ------------------------------------------------------------------
 
 
