@@ -284,7 +284,7 @@ def _latency(broker, devices, probe, rule_id: int, rate: float, duration: float)
                     if not waiting or time.perf_counter() > give_up:
                         return
                 rows = conn.execute(
-                    "SELECT (extract(epoch FROM first_seen_at) * 1000)::bigint FROM bench.alerting_alert WHERE rule_id = %s ORDER BY id DESC LIMIT 3",
+                    "SELECT (extract(epoch FROM first_seen_at) * 1000)::bigint FROM bench.alerting_alert WHERE rule_id = %s ORDER BY id DESC LIMIT 20",
                     (rule_id,),
                 ).fetchall()
                 now = time.perf_counter()
