@@ -159,6 +159,11 @@ class IngestService:
         self._side_pool.shutdown(wait=False, cancel_futures=True)
 
     @property
+    def paused(self) -> bool:
+        """Reading is paused until the unwritten points fall to half of max_pending_points."""
+        return self._paused
+
+    @property
     def stopping(self) -> bool:
         return self._stopping.is_set()
 

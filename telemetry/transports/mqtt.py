@@ -252,6 +252,9 @@ class MqttTransport:
         self.receive_maximum = receive_maximum or settings.INGEST_RECEIVE_MAXIMUM
         self.keepalive = keepalive
         self.connection: Connection | None = None
+        # The connection being read, from its first byte: a broker hands a session's backlog over
+        # right after CONNACK, in the same reads, before `connection` is set.
+        self._reading: Connection | None = None
         self.connected = asyncio.Event()
         self.subscribed = asyncio.Event()
         self._stop = asyncio.Event()
@@ -259,13 +262,13 @@ class MqttTransport:
         service.resume_reading = self._resume_reading
 
     def _pause_reading(self) -> None:
-        if self.connection is not None:
+        if self._reading is not None:
             logger.info("ingest: too many unwritten points, pausing the socket")
-            self.connection.pause_reading()
+            self._reading.pause_reading()
 
     def _resume_reading(self) -> None:
-        if self.connection is not None and not self._stop.is_set():
-            self.connection.resume_reading()
+        if self._reading is not None and not self._stop.is_set():
+            self._reading.resume_reading()
 
     async def _open(self) -> Connection:
         """Connect, CONNECT/CONNACK, SUBSCRIBE/SUBACK. Raises on any failure (the caller backs off)."""
@@ -279,6 +282,9 @@ class MqttTransport:
             ),
             CONNECT_TIMEOUT_S,
         )
+        self._reading = connection
+        if self.service.paused:  # still writing what an earlier connection delivered
+            connection.pause_reading()
         try:
             connection.send(
                 wire.connect_packet(
@@ -352,8 +358,8 @@ class MqttTransport:
             # Take no new message (the broker keeps what is unacknowledged for the next session;
             # a busy stream would otherwise keep the last batch from ever being the last), write
             # what is pending; the waiters resolve and the PUBACKs go out on this connection.
-            if self.connection is not None and self.connection.open:
-                self.connection.pause_reading()
+            if self._reading is not None and self._reading.open:
+                self._reading.pause_reading()
             await self.service.stop()
             await asyncio.sleep(0.05)
             connection = self.connection
