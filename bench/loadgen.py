@@ -81,7 +81,10 @@ _VALUES = [
 ]
 
 
-class Connection:
+class Connection(asyncio.Protocol):
+    """One device's connection: an asyncio Protocol (no StreamReader task per connection; PUBACKs
+    are counted straight from each received chunk)."""
+
     def __init__(self, device: Device, host: str, port: int, qos: int, stats: Stats, max_inflight: int) -> None:
         self.device = device
         self.host = host
@@ -93,52 +96,67 @@ class Connection:
         self.next_id = 1
         self.inflight = 0
         self.last_ts = 0
-        self.reader: asyncio.StreamReader | None = None
-        self.writer: asyncio.StreamWriter | None = None
-        self.window_open = asyncio.Event()
-        self.window_open.set()
+        self.transport: asyncio.Transport | None = None
+        self.buffer = b""
+        self.connack: asyncio.Future | None = None
+
+    # --- asyncio.Protocol ---
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self.buffer + data if self.buffer else data
+        if self.connack is not None and not self.connack.done():
+            if len(buffer) < 4:
+                self.buffer = buffer
+                return
+            self.connack.set_result(buffer[:4])
+            buffer = buffer[4:]
+        size = len(buffer)
+        offset = 0
+        acked = 0
+        while size - offset >= 2:
+            length = buffer[offset + 1]  # PUBACK / PINGRESP are short: one length byte
+            if size - offset < 2 + length:
+                break
+            if buffer[offset] == 0x40:
+                acked += 1
+            offset += 2 + length
+        self.buffer = buffer[offset:] if offset < size else b""
+        if acked:
+            self.stats.acked += acked
+            self.inflight -= acked
+
+    def connection_lost(self, exc) -> None:
+        if self.connack is not None and not self.connack.done():
+            self.connack.set_exception(ConnectionError(f"connection closed before CONNACK: {exc}"))
+        self.transport = None
+
+    @property
+    def live(self) -> bool:
+        return self.transport is not None and not self.transport.is_closing()
 
     async def open(self) -> None:
-        self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
-        self.writer.write(connect_packet(f"bench-{self.device.uid}", self.device.username, self.device.password))
-        await self.writer.drain()
-        connack = await asyncio.wait_for(self.reader.readexactly(4), 10)
+        loop = asyncio.get_running_loop()
+        self.connack = loop.create_future()
+        await loop.create_connection(lambda: self, self.host, self.port)
+        self.transport.write(connect_packet(f"bench-{self.device.uid}", self.device.username, self.device.password))
+        connack = await asyncio.wait_for(self.connack, 10)
         if connack[0] != 0x20 or connack[3] != 0:
+            self.transport.close()
             raise ConnectionError(f"CONNACK refused for {self.device.username}: code {connack[3]}")
 
-    async def read_acks(self) -> None:
-        assert self.reader is not None
-        buffer = b""
-        while True:
-            chunk = await self.reader.read(65536)
-            if not chunk:
-                return
-            buffer += chunk
-            offset = 0
-            acked = 0
-            while len(buffer) - offset >= 2:
-                kind = buffer[offset]
-                length = buffer[offset + 1]  # PUBACK / PINGRESP are short: one length byte
-                if len(buffer) - offset < 2 + length:
-                    break
-                if kind == 0x40:
-                    acked += 1
-                offset += 2 + length
-            buffer = buffer[offset:]
-            if acked:
-                self.stats.acked += acked
-                self.inflight -= acked
-                if self.inflight < self.max_inflight:
-                    self.window_open.set()
-
     def burst(self, count: int) -> int:
-        """Encode and write up to `count` messages; returns how many were written."""
-        assert self.writer is not None
-        if self.qos and self.inflight >= self.max_inflight:
-            self.window_open.clear()
+        """Encode and write up to `count` messages; returns how many were written. Nothing is
+        written while the broker has not taken what was written before (TCP backpressure) or,
+        at QoS 1, while `max_inflight` messages wait for their PUBACK."""
+        transport = self.transport
+        if transport is None or transport.is_closing() or transport.get_write_buffer_size() > WRITE_BUFFER_LIMIT:
             return 0
         if self.qos:
             count = min(count, self.max_inflight - self.inflight)
+            if count <= 0:
+                return 0
         now_ms = int(time.time() * 1000)
         ts = max(now_ms, self.last_ts + 1)
         parts = []
@@ -149,20 +167,25 @@ class Connection:
             self.next_id = self.next_id % 65535 + 1
             ts += 1
         self.last_ts = ts - 1
-        self.writer.write(b"".join(parts))
+        transport.write(b"".join(parts))
         if self.qos:
             self.inflight += count
         self.stats.sent += count
         return count
 
     async def close(self) -> None:
-        if self.writer is not None:
-            try:
-                self.writer.write(b"\xe0\x00")
-                await self.writer.drain()
-            except (ConnectionError, RuntimeError):
-                pass
-            self.writer.close()
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(b"\xe0\x00")
+            transport.close()
+
+
+# A connection whose unsent bytes exceed this is skipped until the broker has read them.
+WRITE_BUFFER_LIMIT = 64 * 1024
+# At high rates a device's messages go out in bursts at most this often (one write for several
+# messages, as a gateway sends): 60 msg/s per device is 6 per 100 ms, not one write per message.
+# A device slower than 1 / BURST_INTERVAL_S sends each message on its own, on time.
+BURST_INTERVAL_S = 0.1
 
 
 async def run_load(
@@ -176,7 +199,12 @@ async def run_load(
     max_inflight: int = 2000,
     wait_acks_s: float = 30.0,
 ) -> Stats:
-    """Publish for `duration_s` at `rate_msgs_per_s` in total (None: as fast as the broker takes)."""
+    """Publish for `duration_s` at `rate_msgs_per_s` in total (None: as fast as the broker takes).
+
+    Every 5 ms tick the credit earned is written, round robin over the connections, in chunks of
+    `rate per device x BURST_INTERVAL_S` messages (at least 1), so each device keeps its share of
+    the rate. A message the broker cannot take yet (backpressure, QoS 1 window full) is not
+    counted as sent and its credit is dropped: `sent` is what was offered."""
     stats = Stats()
     connections = [Connection(device, host, port, qos, stats, max_inflight) for device in devices]
     for start in range(0, len(connections), 100):  # connect in waves: the broker checks passwords
@@ -185,9 +213,11 @@ async def run_load(
             if isinstance(result, Exception):
                 stats.connect_failures += 1
                 stats.errors.append(str(result))
-    live = [c for c in connections if c.writer is not None and not c.writer.is_closing()]
-    readers = [asyncio.create_task(c.read_acks()) for c in live] if qos else []
+    live = [c for c in connections if c.live]
     tick = 0.005
+    chunk = 64
+    if rate_msgs_per_s is not None and live:
+        chunk = max(1, int(rate_msgs_per_s / len(live) * BURST_INTERVAL_S))
     stats.started = time.perf_counter()
     deadline = stats.started + duration_s
     credit = 0.0
@@ -196,28 +226,25 @@ async def run_load(
     while (now := time.perf_counter()) < deadline:
         if rate_msgs_per_s is None:
             for conn in live:
-                conn.burst(64)
+                conn.burst(chunk)
         elif live:
             credit += rate_msgs_per_s * (now - last)
             budget = int(credit)
             credit -= budget
-            base, extra = divmod(budget, len(live))
-            for offset in range(len(live)):
-                count = base + (1 if offset < extra else 0)
-                if count:
-                    live[(index + offset) % len(live)].burst(count)
-            index += extra
+            count = len(live)
+            while budget > 0:
+                take = min(chunk, budget)
+                live[index].burst(take)
+                budget -= take
+                index = (index + 1) % count
         last = now
-        await asyncio.gather(*(c.writer.drain() for c in live), return_exceptions=True)
         sleep_for = tick - (time.perf_counter() - now)
-        if sleep_for > 0:
-            await asyncio.sleep(sleep_for)
+        await asyncio.sleep(max(sleep_for, 0))
     stats.finished = time.perf_counter()
     if qos:
         ack_deadline = time.perf_counter() + wait_acks_s
         while stats.acked < stats.sent and time.perf_counter() < ack_deadline:
             await asyncio.sleep(0.05)
-    for task in readers:
-        task.cancel()
     await asyncio.gather(*(c.close() for c in live), return_exceptions=True)
+    await asyncio.sleep(0.05)  # let the DISCONNECTs go out
     return stats

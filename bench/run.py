@@ -480,6 +480,10 @@ def wait_until_stable(schema: str, expected: int, bound_s: float) -> int:
         time.sleep(1)
 
 
+class SkipPhase(Exception):
+    """A phase left out with --ingest-phases."""
+
+
 def ingest_part(args, results: dict, errors: dict) -> None:
     import django
 
@@ -497,9 +501,14 @@ def ingest_part(args, results: dict, errors: dict) -> None:
             devices, probe, probe_id, metric_id = provision(n)
         log(f"provisioned in {time.monotonic() - began:.1f} s")
 
+        phases = set(args.ingest_phases.split(","))
         try:
+            if "sub" not in phases:
+                raise SkipPhase
             log(f"(a) mosquitto_sub baseline: {rate:.0f} msg/s offered for {sub_window} s")
             results.update(bench_mosquitto_sub(broker, devices, rate, sub_window))
+        except SkipPhase:
+            pass
         except Exception as exc:  # noqa: BLE001
             errors["mosquitto_sub"] = repr(exc)
             traceback.print_exc()
@@ -517,6 +526,8 @@ def ingest_part(args, results: dict, errors: dict) -> None:
             log(f"ingest subscribed (pid {ingest.pid}, {args.processes} processes)")
 
             try:
+                if "qos1" not in phases:
+                    raise SkipPhase
                 log(f"(b) ingest QoS 1: {rate:.0f} msg/s offered for {window} s")
                 run = bench_ingest(broker, devices, rate, window, drain, qos=1)
                 results["ingest_rss_mb"] = tree_rss_mb(ingest.pid)
@@ -532,21 +543,29 @@ def ingest_part(args, results: dict, errors: dict) -> None:
                 results["qos1_stored_points"] = final
                 if stats.connect_failures:
                     results["qos1_connect_failures"] = stats.connect_failures
+            except SkipPhase:
+                pass
             except Exception as exc:  # noqa: BLE001
                 errors["ingest_qos1"] = repr(exc)
                 traceback.print_exc()
 
             try:
+                if "latency" not in phases:
+                    raise SkipPhase
                 latency_rate = 0.8 * (measured_rate or rate / 2)
                 latency_s = 10 if args.quick else 30
                 truncate_points(TENANT, settle=True)
                 log(f"(c) latency at {latency_rate:.0f} msg/s for {latency_s} s")
                 results.update(bench_latency(broker, devices, probe, probe_id, metric_id, latency_rate, latency_s))
+            except SkipPhase:
+                pass
             except Exception as exc:  # noqa: BLE001
                 errors["latency"] = repr(exc)
                 traceback.print_exc()
 
             try:
+                if "qos0" not in phases:
+                    raise SkipPhase
                 wait_until_stable(TENANT, 1 << 62, 60)
                 truncate_points(TENANT)
                 log(f"(d) ingest QoS 0: {rate:.0f} msg/s offered for {window} s")
@@ -554,6 +573,8 @@ def ingest_part(args, results: dict, errors: dict) -> None:
                 results["ingest_qos0_points_per_s"] = round(run["stored"] / window)
                 run["load"].join(120)
                 results["qos0_offered_msgs"] = run["load"].stats.sent
+            except SkipPhase:
+                pass
             except Exception as exc:  # noqa: BLE001
                 errors["ingest_qos0"] = repr(exc)
                 traceback.print_exc()
@@ -576,6 +597,11 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=2, help="ingest worker processes")
     parser.add_argument("--skip-storage", action="store_true")
     parser.add_argument("--skip-ingest", action="store_true")
+    parser.add_argument(
+        "--ingest-phases", default="sub,qos1,latency,qos0",
+        help="ingest phases to run: sub (mosquitto_sub baseline), qos1, latency, qos0 (for diagnosis; "
+             "latency at 80 %% of qos1's measured rate, or of half the offered rate without qos1)",
+    )  # fmt: skip
     parser.add_argument(
         "--parts", default="rules,ws,analytics,pages",
         help="later parts, each in a database of its own: rules (bench/rules_bench.py), ws (bench/ws_bench.py), "
