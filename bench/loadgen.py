@@ -79,6 +79,10 @@ _VALUES = [
     (b"%.2f" % (20 + random.random() * 10), b"%.1f" % (40 + random.random() * 20), b"%.3f" % (1 + random.random()), b"%.2f" % (random.random() * 5))
     for _ in range(256)
 ]
+# PAYLOAD split at its timestamp, for the pre-encoded packets of Connection.burst.
+_TS_PREFIX = b'{"ts":'
+_TAILS = [(PAYLOAD % (0, *values))[len(_TS_PREFIX) + 1 :] for values in _VALUES]
+_PACKET_IDS = [struct.pack("!H", packet_id) for packet_id in range(65536)]
 
 
 class Connection(asyncio.Protocol):
@@ -99,6 +103,14 @@ class Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.buffer = b""
         self.connack: asyncio.Future | None = None
+        # Pre-encoded PUBLISH pieces per _VALUES entry: fixed header (its remaining length is
+        # constant while ts has 13 digits) + topic; the payload after its timestamp.
+        first = b"\x32" if qos else b"\x30"
+        id_size = 2 if qos else 0
+        self.heads = []
+        for tail in _TAILS:
+            remaining = len(self.topic) + id_size + len(_TS_PREFIX) + 13 + len(tail)
+            self.heads.append(first + _varint(remaining) + self.topic)
 
     # --- asyncio.Protocol ---
     def connection_made(self, transport) -> None:
@@ -160,11 +172,16 @@ class Connection(asyncio.Protocol):
         now_ms = int(time.time() * 1000)
         ts = max(now_ms, self.last_ts + 1)
         parts = []
+        append = parts.append
+        heads = self.heads
         for _ in range(count):
-            values = _VALUES[ts & 255]
-            payload = PAYLOAD % (ts, *values)
-            parts.append(publish_packet(self.topic, payload, self.qos, self.next_id))
-            self.next_id = self.next_id % 65535 + 1
+            index = ts & 255
+            append(heads[index])
+            if self.qos:
+                append(_PACKET_IDS[self.next_id])
+                self.next_id = self.next_id % 65535 + 1
+            append(b'{"ts":%d' % ts)
+            append(_TAILS[index])
             ts += 1
         self.last_ts = ts - 1
         transport.write(b"".join(parts))
