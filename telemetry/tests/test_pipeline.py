@@ -117,6 +117,18 @@ def test_points_carry_device_metric_time_and_value(pipeline, registry_data):
     assert iso.points[0].ts == datetime(2026, 3, 1, 11, 0, tzinfo=UTC)
 
 
+def test_the_timestamp_window_follows_each_messages_receive_time(pipeline, registry_data):
+    """The window [received - max_past, received + max_future] is kept for the last receive time
+    (a transport stamps a whole socket read with one); another receive time gets its own."""
+    body = _dumps({"ts": NOW_MS - 1000, "values": {"pl_temperature": 1.0}})
+    assert len(pipeline.process(_topic(), body, NOW).points) == 1
+    later = NOW + timedelta(hours=2)  # the same ts is now older than max_past_s (1 h)
+    assert {r.reason for r in pipeline.process(_topic(), body, later).rejections} == {Reason.TIMESTAMP_TOO_OLD}
+    earlier = NOW - timedelta(minutes=10)  # and here 10 min in the future (max_future_s 60 s)
+    assert {r.reason for r in pipeline.process(_topic(), body, earlier).rejections} == {Reason.TIMESTAMP_IN_FUTURE}
+    assert len(pipeline.process(_topic(), body, NOW).points) == 1
+
+
 def test_subnormal_values_are_stored_as_zero(pipeline, registry_data):
     """PostgreSQL raises an underflow error on arithmetic with subnormals (bucket means, rates):
     they are flushed to 0.0 on the way in; the smallest normal double is kept as it is."""
