@@ -314,6 +314,18 @@ def test_two_processes_share_the_stream_and_stop_together(ingest_broker, plant, 
     assert count_points("alpha", ids) - before == sent * 4
 
 
+@pytest.mark.django_db
+def test_a_killed_parent_leaves_no_worker_behind(ingest_broker, plant, ingest):
+    """SIGKILL of `ingest --processes 2`: instance 1 gets SIGTERM from the kernel (PR_SET_PDEATHSIG)
+    and stops, instead of living on as an orphan that holds instance 1's MQTT session and would
+    fight the next start's instance 1 for it."""
+    process = ingest(workers=2)
+    children = _children(process.process.pid)
+    assert children
+    process.kill()
+    assert wait_for(lambda: not [pid for pid in children if Path(f"/proc/{pid}").exists() and "Z" not in _state(pid)], 30)
+
+
 def _children(pid: int) -> list[int]:
     found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):

@@ -86,7 +86,25 @@ def run_instance(
     asyncio.run(main())
 
 
-def _child(instance: int, url: str | None, stats_interval: float, group: str) -> None:
+def stop_with_parent(parent_pid: int) -> None:
+    """Have the kernel send this process SIGTERM when its parent dies (Linux PR_SET_PDEATHSIG),
+    so a SIGKILLed `ingest --processes N` leaves no orphan worker behind: an orphan would keep
+    its MQTT session and, when the command is restarted, fight the new instance of the same
+    client id (each takeover disconnects the other). SIGTERM is the graceful stop: the orphan
+    writes and acknowledges what it holds, then exits."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):  # not Linux: the parent's SIGTERM forwarding still applies
+        return
+    if os.getppid() != parent_pid:  # the parent died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _child(instance: int, url: str | None, stats_interval: float, group: str, parent_pid: int) -> None:
+    stop_with_parent(parent_pid)
     import django
 
     django.setup()
@@ -114,7 +132,7 @@ class Command(BaseCommand):
         # each process holds a Django (~80 MB), so one fewer matters to the ingest's footprint.
         context = multiprocessing.get_context("spawn")
         children = [
-            context.Process(target=_child, args=(first + n, url, interval, group), name=f"ingest-{first + n}")
+            context.Process(target=_child, args=(first + n, url, interval, group, os.getpid()), name=f"ingest-{first + n}")
             for n in range(1, count)
         ]
         for child in children:
