@@ -32,6 +32,17 @@ def test_round_trip_exact_microseconds_into_the_right_schema(writer):
     assert fetch("SELECT count(*) FROM beta.telemetry_point") == [(0,)]
 
 
+def test_minute_first_and_last_tell_points_a_microsecond_apart(writer):
+    # first/last of a minute are the points with the smallest and largest ts, in whatever order
+    # the points arrive, however close together.
+    ts = utc(2026, 3, 1, 12, 0, 30, 500000)
+    points = [Point(102, 7, ts + timedelta(microseconds=offset), value) for offset, value in ((1, 50.0), (2, 1.0), (0, 99.0), (-1, 7.0))]
+    assert writer.write("alpha", points).inserted == 4
+    assert fetch("SELECT count, first, first_ts, last, last_ts FROM alpha.telemetry_rollup_1m WHERE device_id = 102") == [
+        (4, 7.0, ts - timedelta(microseconds=1), 1.0, ts + timedelta(microseconds=2))
+    ]
+
+
 def test_redelivered_batch_inserts_nothing_and_leaves_rollups_unchanged(writer):
     base = utc(2026, 3, 1, 10, 59, 30)
     batch = [Point(5, 1, base + timedelta(seconds=i), float(i)) for i in range(60)]
