@@ -85,6 +85,14 @@ _TAILS = [(PAYLOAD % (0, *values))[len(_TS_PREFIX) + 1 :] for values in _VALUES]
 _PACKET_IDS = [struct.pack("!H", packet_id) for packet_id in range(65536)]
 
 
+# A connection whose unsent bytes exceed this is skipped until the broker has read them.
+WRITE_BUFFER_LIMIT = 64 * 1024
+# At high rates a device's messages go out in bursts at most this often (one write for several
+# messages, as a gateway sends): 60 msg/s per device is 6 per 100 ms, not one write per message.
+# A device slower than 1 / BURST_INTERVAL_S sends each message on its own, on time.
+BURST_INTERVAL_S = 0.1
+
+
 class Connection(asyncio.Protocol):
     """One device's connection: an asyncio Protocol (no StreamReader task per connection; PUBACKs
     are counted straight from each received chunk)."""
@@ -195,14 +203,6 @@ class Connection(asyncio.Protocol):
         if transport is not None and not transport.is_closing():
             transport.write(b"\xe0\x00")
             transport.close()
-
-
-# A connection whose unsent bytes exceed this is skipped until the broker has read them.
-WRITE_BUFFER_LIMIT = 64 * 1024
-# At high rates a device's messages go out in bursts at most this often (one write for several
-# messages, as a gateway sends): 60 msg/s per device is 6 per 100 ms, not one write per message.
-# A device slower than 1 / BURST_INTERVAL_S sends each message on its own, on time.
-BURST_INTERVAL_S = 0.1
 
 
 async def run_load(
