@@ -334,3 +334,18 @@ def test_last_seen_is_written_at_most_once_per_interval_per_device(settings, mon
     assert service._due_seen("alpha", {1: at, 2: at, 3: at}) == {1: at, 2: at}
     settings.INGEST_SEEN_INTERVAL_S = 0
     assert IngestService(pipeline=None)._due_seen("alpha", {1: at}) == {1: at}
+
+
+def test_the_ingest_freezes_start_up_objects_and_collects_young_ones_less_often():
+    import gc
+
+    from telemetry.management.commands.ingest import GC_THRESHOLDS, tune_gc
+
+    saved = gc.get_threshold()
+    try:
+        tune_gc()
+        assert gc.get_threshold() == GC_THRESHOLDS
+        assert gc.get_freeze_count() > 10_000  # Django and the test session, at least
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*saved)

@@ -13,6 +13,7 @@ batches are written and acknowledged, then the process exits.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import multiprocessing
 import os
@@ -37,6 +38,23 @@ def load_streaming_hooks() -> list:
         if hook is not None:
             hooks.append(hook)
     return hooks
+
+
+# Collector thresholds for the ingest (CPython's default is 700, 10, 10): the hot path allocates
+# several containers per message (Outcome, lists, point tuples), so at 40k messages a second the
+# default runs about 60 young collections and a full one every few seconds. Offline, 48k
+# messages through data_received + submit: 8.6 us per message by default, 6.6 with this and
+# gc.freeze(), i.e. a fifth of the ingest's Python time was the collector.
+GC_THRESHOLDS = (50_000, 20, 100)
+
+
+def tune_gc() -> None:
+    """Freeze what start-up allocated (Django, the registry, the rules index: never garbage, yet
+    scanned by every full collection, a pause of tens of ms on the event loop) and collect the
+    young generation less often."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def run_instance(
@@ -76,6 +94,7 @@ def run_instance(
                 previous = written
 
         reporter = asyncio.create_task(report())
+        tune_gc()
         try:
             await transport.run()
         finally:
