@@ -480,10 +480,6 @@ def wait_until_stable(schema: str, expected: int, bound_s: float) -> int:
         time.sleep(1)
 
 
-class SkipPhase(Exception):
-    """A phase left out with --ingest-phases."""
-
-
 def ingest_part(args, results: dict, errors: dict) -> None:
     import django
 
@@ -502,16 +498,13 @@ def ingest_part(args, results: dict, errors: dict) -> None:
         log(f"provisioned in {time.monotonic() - began:.1f} s")
 
         phases = set(args.ingest_phases.split(","))
-        try:
-            if "sub" not in phases:
-                raise SkipPhase
-            log(f"(a) mosquitto_sub baseline: {rate:.0f} msg/s offered for {sub_window} s")
-            results.update(bench_mosquitto_sub(broker, devices, rate, sub_window))
-        except SkipPhase:
-            pass
-        except Exception as exc:  # noqa: BLE001
-            errors["mosquitto_sub"] = repr(exc)
-            traceback.print_exc()
+        if "sub" in phases:
+            try:
+                log(f"(a) mosquitto_sub baseline: {rate:.0f} msg/s offered for {sub_window} s")
+                results.update(bench_mosquitto_sub(broker, devices, rate, sub_window))
+            except Exception as exc:  # noqa: BLE001
+                errors["mosquitto_sub"] = repr(exc)
+                traceback.print_exc()
 
         # INFO, as in production: the per-flush and stats lines (kept in var/bench/ingest.log).
         env = {**os.environ, "LOG_LEVEL": "INFO", "MQTT_URL": broker.url, "MQTT_DEVICE_URL": broker.url,
@@ -525,59 +518,50 @@ def ingest_part(args, results: dict, errors: dict) -> None:
             wait_for_ingest(broker, probe, probe_id, metric_id)
             log(f"ingest subscribed (pid {ingest.pid}, {args.processes} processes)")
 
-            try:
-                if "qos1" not in phases:
-                    raise SkipPhase
-                log(f"(b) ingest QoS 1: {rate:.0f} msg/s offered for {window} s")
-                run = bench_ingest(broker, devices, rate, window, drain, qos=1)
-                results["ingest_rss_mb"] = tree_rss_mb(ingest.pid)
-                results["ingest_points_per_s"] = round(run["stored"] / window)
-                results["ingest_msgs_per_s"] = round(run["stored"] / 4 / window)
-                measured_rate = run["stored"] / 4 / window
-                run["load"].join(drain + 60)
-                stats = run["load"].stats
-                final = wait_until_stable(TENANT, run["before"] + stats.acked * 4, drain) - run["before"]
-                results["points_lost"] = stats.acked * 4 - final
-                results["qos1_offered_msgs"] = stats.sent
-                results["qos1_acked_msgs"] = stats.acked
-                results["qos1_stored_points"] = final
-                if stats.connect_failures:
-                    results["qos1_connect_failures"] = stats.connect_failures
-            except SkipPhase:
-                pass
-            except Exception as exc:  # noqa: BLE001
-                errors["ingest_qos1"] = repr(exc)
-                traceback.print_exc()
+            if "qos1" in phases:
+                try:
+                    log(f"(b) ingest QoS 1: {rate:.0f} msg/s offered for {window} s")
+                    run = bench_ingest(broker, devices, rate, window, drain, qos=1)
+                    results["ingest_rss_mb"] = tree_rss_mb(ingest.pid)
+                    results["ingest_points_per_s"] = round(run["stored"] / window)
+                    results["ingest_msgs_per_s"] = round(run["stored"] / 4 / window)
+                    measured_rate = run["stored"] / 4 / window
+                    run["load"].join(drain + 60)
+                    stats = run["load"].stats
+                    final = wait_until_stable(TENANT, run["before"] + stats.acked * 4, drain) - run["before"]
+                    results["points_lost"] = stats.acked * 4 - final
+                    results["qos1_offered_msgs"] = stats.sent
+                    results["qos1_acked_msgs"] = stats.acked
+                    results["qos1_stored_points"] = final
+                    if stats.connect_failures:
+                        results["qos1_connect_failures"] = stats.connect_failures
+                except Exception as exc:  # noqa: BLE001
+                    errors["ingest_qos1"] = repr(exc)
+                    traceback.print_exc()
 
-            try:
-                if "latency" not in phases:
-                    raise SkipPhase
-                latency_rate = 0.8 * (measured_rate or rate / 2)
-                latency_s = 10 if args.quick else 30
-                truncate_points(TENANT, settle=True)
-                log(f"(c) latency at {latency_rate:.0f} msg/s for {latency_s} s")
-                results.update(bench_latency(broker, devices, probe, probe_id, metric_id, latency_rate, latency_s))
-            except SkipPhase:
-                pass
-            except Exception as exc:  # noqa: BLE001
-                errors["latency"] = repr(exc)
-                traceback.print_exc()
+            if "latency" in phases:
+                try:
+                    latency_rate = 0.8 * (measured_rate or rate / 2)
+                    latency_s = 10 if args.quick else 30
+                    truncate_points(TENANT, settle=True)
+                    log(f"(c) latency at {latency_rate:.0f} msg/s for {latency_s} s")
+                    results.update(bench_latency(broker, devices, probe, probe_id, metric_id, latency_rate, latency_s))
+                except Exception as exc:  # noqa: BLE001
+                    errors["latency"] = repr(exc)
+                    traceback.print_exc()
 
-            try:
-                if "qos0" not in phases:
-                    raise SkipPhase
-                wait_until_stable(TENANT, 1 << 62, 60)
-                truncate_points(TENANT)
-                log(f"(d) ingest QoS 0: {rate:.0f} msg/s offered for {window} s")
-                run = bench_ingest(broker, devices, rate, window, drain, qos=0)
-                results["ingest_qos0_points_per_s"] = round(run["stored"] / window)
-                run["load"].join(120)
-                results["qos0_offered_msgs"] = run["load"].stats.sent
-            except SkipPhase:
-                pass
-            except Exception as exc:  # noqa: BLE001
-                errors["ingest_qos0"] = repr(exc)
-                traceback.print_exc()
+            if "qos0" in phases:
+                try:
+                    wait_until_stable(TENANT, 1 << 62, 60)
+                    truncate_points(TENANT)
+                    log(f"(d) ingest QoS 0: {rate:.0f} msg/s offered for {window} s")
+                    run = bench_ingest(broker, devices, rate, window, drain, qos=0)
+                    results["ingest_qos0_points_per_s"] = round(run["stored"] / window)
+                    run["load"].join(120)
+                    results["qos0_offered_msgs"] = run["load"].stats.sent
+                except Exception as exc:  # noqa: BLE001
+                    errors["ingest_qos0"] = repr(exc)
+                    traceback.print_exc()
         finally:
             stop(ingest, timeout=15)
             ingest_log.close()

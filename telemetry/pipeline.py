@@ -185,7 +185,8 @@ class _Collector(dict):
 
 
 class Pipeline:
-    """Stateless apart from the registry it reads; safe to call from one thread (the event loop)."""
+    """Stateless apart from the registry it reads and a cache of the last timestamp window;
+    meant for one thread (the event loop)."""
 
     def __init__(
         self,
@@ -203,9 +204,9 @@ class Pipeline:
         self.max_past_ms = int(1000 * (max_past_s if max_past_s is not None else settings.INGEST_MAX_PAST_S))
         self.max_future_ms = int(1000 * (max_future_s if max_future_s is not None else settings.INGEST_MAX_FUTURE_S))
         self.max_metrics = max_metrics_per_tenant or settings.INGEST_MAX_METRICS_PER_TENANT
-        # The accepted timestamp window [low_ms, high_ms] of the last receive time seen.
-        self._window_for: datetime | None = None
-        self._window: tuple[int, int] = (0, 0)
+        # (receive time, low_ms, high_ms): the accepted timestamp window of the last receive time
+        # seen, one tuple so that a reader never pairs one time with another's window.
+        self._window: tuple[datetime | None, int, int] = (None, 0, 0)
 
     # --- routing ---------------------------------------------------------------------------------
     def route(self, topic: str) -> tuple[Kind | None, str | None, str | None]:
@@ -316,12 +317,11 @@ class Pipeline:
         if total > self.max_points:
             return self._refuse(Kind.TELEMETRY, schema, uid, Reason.TOO_MANY_POINTS, f"{total} points", device)
 
-        if received_at is self._window_for:  # a transport stamps a whole socket read with one time
-            low_ms, high_ms = self._window
-        else:
+        window_for, low_ms, high_ms = self._window
+        if window_for is not received_at:  # a transport stamps a whole socket read with one time
             received_ms = (received_at - _EPOCH) // _ONE_MS
-            low_ms, high_ms = self._window = (received_ms - self.max_past_ms, received_ms + self.max_future_ms)
-            self._window_for = received_at
+            low_ms, high_ms = received_ms - self.max_past_ms, received_ms + self.max_future_ms
+            self._window = (received_at, low_ms, high_ms)
         device_id = device.device_id
         rules = device.profile.metrics
         collector = _Collector()
