@@ -22,6 +22,7 @@ from telemetry.tests.test_ingest_support import (
     delete_plant,
     fetch,
     rollup_count,
+    run_ingest_command,
     terminate_writers,
     wait_for,
 )
@@ -324,6 +325,41 @@ def test_a_killed_parent_leaves_no_worker_behind(ingest_broker, plant, ingest):
     assert children
     process.kill()
     assert wait_for(lambda: not [pid for pid in children if Path(f"/proc/{pid}").exists() and "Z" not in _state(pid)], 30)
+
+
+@pytest.mark.django_db
+def test_retiring_a_stopped_instance_stores_its_share_and_ends_its_session(ingest_broker, plant, ingest):
+    """Scaling down from two processes to one: Mosquitto keeps queueing a share of the shared
+    subscription for instance 1's offline persistent session. `ingest --retire 1` stores what the
+    session holds, acknowledges it and deletes the session: later messages all go to instance 0,
+    and retiring again finds no session."""
+    two = ingest(workers=2)
+    assert two.terminate() == 0  # both persistent sessions stay at the broker
+    ingest()  # instance 0 alone
+    ids = [d.pk for d in plant.devices]
+    before = count_points("alpha", ids)
+    base = _base_ms() + 800_000
+    publishers = _publishers(ingest_broker, plant)
+    sent = _stream(publishers, 300, base)
+    time.sleep(1.5)
+    stranded = sent * 4 - (count_points("alpha", ids) - before)
+    assert stranded >= sent, f"instance 1's offline session got no share ({stranded} points missing of {sent * 4})"
+
+    result = run_ingest_command(ingest_broker, "--retire", "1")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "ingest-" in result.stdout and "-1: session emptied and deleted" in result.stdout, result.stdout + result.stderr
+    assert count_points("alpha", ids) - before == sent * 4  # stored before the command returned
+
+    # The session is gone with its membership of the group: instance 0 now gets every message.
+    more = _stream(publishers, 200, base + 10_000)
+    _close(publishers)
+    assert wait_for(lambda: count_points("alpha", ids) - before >= (sent + more) * 4, 30), (count_points("alpha", ids) - before, (sent + more) * 4)
+    time.sleep(0.5)
+    assert count_points("alpha", ids) - before == (sent + more) * 4
+
+    again = run_ingest_command(ingest_broker, "--retire", "1")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "-1: no session at the broker, nothing to retire" in again.stdout, again.stdout + again.stderr
 
 
 def _children(pid: int) -> list[int]:

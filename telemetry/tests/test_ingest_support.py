@@ -174,6 +174,13 @@ class IngestProcess:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
+def run_ingest_command(broker, *args: str, timeout: float = 90.0, **env: str) -> subprocess.CompletedProcess:
+    """`manage.py ingest ARGS` to its end (e.g. `--retire 1`), with the test's settings."""
+    return subprocess.run(
+        [sys.executable, "manage.py", "ingest", *args], cwd=ROOT, env=ingest_env(broker, **env), capture_output=True, text=True, timeout=timeout
+    )
+
+
 class Publisher:
     """A device's MQTT connection (paho, MQTT 3.1.1) publishing with its own credential."""
 

@@ -23,6 +23,15 @@ pre-encoded). The wire format lives in mqtt_wire.py.
   and a connection silent for 1.5 keepalive periods is dropped and reopened.
 - Flow control: when too many points wait to be written, the service pauses reading the socket
   (TCP backpressure reaches the broker, which queues for the persistent session).
+- Retiring an instance (`retire=True`, `manage.py ingest --retire N`): Mosquitto keeps handing an
+  offline persistent session its share of a shared subscription, so an instance that is stopped
+  for good would strand that share until its session expires. Retiring connects with the
+  instance's client id, unsubscribes (no new share), stores and acknowledges what the session
+  held, and once nothing has arrived for `retire_quiet_s` with nothing left to write, disconnects
+  with Session Expiry Interval 0: the broker deletes the session. Stopped before that (SIGTERM,
+  a lost connection that cannot be reopened), the session stays with what is left, unsubscribed:
+  retiring again resumes. Never retire a running instance: the two would take the client id from
+  each other.
 """
 
 from __future__ import annotations
@@ -46,6 +55,8 @@ logger = logging.getLogger(__name__)
 SHARE_GROUP = "ingest"
 TOPIC_FILTERS = ("iiot/+/+/telemetry", "iiot/+/+/attributes", "iiot/+/+/status", "iiot/+/+/commands/response")
 CONNECT_TIMEOUT_S = 10.0
+# Retire mode: the session counts as emptied after this long without a message.
+RETIRE_QUIET_S = 2.0
 
 _now = datetime.now
 _PUBACKS = wire.PUBACKS
@@ -71,6 +82,7 @@ class Connection(asyncio.Protocol):
         self.buffer = bytearray()
         self.connack: asyncio.Future = loop.create_future()
         self.suback: asyncio.Future = loop.create_future()
+        self.unsuback: asyncio.Future = loop.create_future()
         self.lost: asyncio.Future = loop.create_future()
         self.open = False
         self.last_received = time.monotonic()
@@ -89,7 +101,7 @@ class Connection(asyncio.Protocol):
         self.pending_acks.clear()
         for task in list(self.held):
             task.cancel()
-        for future in (self.connack, self.suback):
+        for future in (self.connack, self.suback, self.unsuback):
             if not future.done():
                 future.set_exception(ConnectionError("connection closed by the broker"))
         if not self.lost.done():
@@ -167,6 +179,9 @@ class Connection(asyncio.Protocol):
         elif kind == wire.SUBACK:
             if not self.suback.done():
                 self.suback.set_result(wire.decode_suback(body))
+        elif kind == wire.UNSUBACK:
+            if not self.unsuback.done():
+                self.unsuback.set_result(wire.decode_suback(body))
         elif kind == wire.PINGRESP:
             pass
         elif kind == wire.DISCONNECT:
@@ -238,6 +253,8 @@ class MqttTransport:
         session_expiry_s: int | None = None,
         receive_maximum: int | None = None,
         keepalive: int = 30,
+        retire: bool = False,
+        retire_quiet_s: float = RETIRE_QUIET_S,
     ) -> None:
         self.service = service
         parts = urlsplit(url or settings.MQTT_URL)
@@ -251,6 +268,10 @@ class MqttTransport:
         self.session_expiry_s = session_expiry_s if session_expiry_s is not None else settings.INGEST_SESSION_EXPIRY_S
         self.receive_maximum = receive_maximum or settings.INGEST_RECEIVE_MAXIMUM
         self.keepalive = keepalive
+        self.retire = retire
+        self.retire_quiet_s = retire_quiet_s
+        self.session_present: bool | None = None  # of the first CONNACK
+        self.retired = False  # retire mode: the session was emptied and deleted
         self.connection: Connection | None = None
         # The connection being read, from its first byte: a broker hands a session's backlog over
         # right after CONNACK, in the same reads, before `connection` is set.
@@ -301,8 +322,21 @@ class MqttTransport:
             if connack.reason_code:
                 raise ConnectionRefusedError(f"CONNACK refused: {connack.reason}")
             logger.info("ingest connected to MQTT", extra={"client_id": self.client_id, "session_present": connack.session_present})
+            if self.session_present is None:
+                self.session_present = connack.session_present
             self.connection = connection
             self.connected.set()
+            if self.retire:
+                # No new share of the stream for this session; what it queued still comes.
+                connection.send(wire.unsubscribe_packet(1, self.filters))
+                _packet_id, codes = await asyncio.wait_for(asyncio.shield(connection.unsuback), CONNECT_TIMEOUT_S)
+                refused = [code for code in codes if code >= 0x80]
+                if refused:  # the broker would keep queueing for the session: do not delete it
+                    logger.error("ingest retiring: unsubscribe refused by the broker", extra={"client_id": self.client_id, "codes": codes})
+                    self._stop.set()
+                else:
+                    logger.info("ingest retiring: unsubscribed, storing what the session held", extra={"client_id": self.client_id})
+                return connection
             connection.send(wire.subscribe_packet(1, self.filters, qos=1))
             _packet_id, codes = await asyncio.wait_for(asyncio.shield(connection.suback), CONNECT_TIMEOUT_S)
         except BaseException:
@@ -345,9 +379,18 @@ class MqttTransport:
                 delays = backoff_delays(first=0.5, cap=30.0)
                 pinger = asyncio.ensure_future(self._keepalive(connection))
                 stop_task = asyncio.ensure_future(self._stop.wait())
-                await asyncio.wait({stop_task, connection.lost}, return_when=asyncio.FIRST_COMPLETED)
+                waits = {stop_task, connection.lost}
+                drained = asyncio.ensure_future(self._until_drained(connection)) if self.retire else None
+                if drained is not None:
+                    waits.add(drained)
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
                 stop_task.cancel()
                 pinger.cancel()
+                if drained is not None:
+                    if drained.done() and not drained.cancelled() and connection.open and not self._stop.is_set():
+                        self.retired = True
+                        self._stop.set()
+                    drained.cancel()
                 if connection.lost.done() and not self._stop.is_set():
                     self.connected.clear()
                     self.subscribed.clear()
@@ -364,10 +407,27 @@ class MqttTransport:
             await asyncio.sleep(0.05)
             connection = self.connection
             if connection is not None and connection.open:
-                connection.send(wire.DISCONNECT_PACKET)
+                connection.send(wire.DISCONNECT_ENDING_SESSION_PACKET if self.retired else wire.DISCONNECT_PACKET)
                 connection.transport.close()
+            elif self.retired:  # the connection dropped at the last moment: the session stays
+                self.retired = False
             self.connected.clear()
             self.subscribed.clear()
+
+    async def _until_drained(self, connection: Connection) -> None:
+        """Retire mode: return once nothing has arrived for retire_quiet_s and everything received
+        is written and acknowledged (the broker then has nothing in flight to hold back)."""
+        if not self.session_present:
+            return  # no session was there: nothing to store
+        seen, quiet_since = -1, time.monotonic()
+        while connection.open:
+            await asyncio.sleep(0.1)
+            now = time.monotonic()
+            if connection.received != seen:
+                seen, quiet_since = connection.received, now
+            elif now - quiet_since >= self.retire_quiet_s and not (connection.pending_acks or connection.held or self.service.pending_points):
+                return
+        await asyncio.Future()  # lost: the run loop reconnects (or stops)
 
     async def _sleep(self, delay: float) -> None:
         try:

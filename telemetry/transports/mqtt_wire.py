@@ -1,7 +1,7 @@
 """The MQTT 5 wire format, as much of it as the ingest service speaks (a subscriber with QoS 0/1).
 
-Encoding: CONNECT, SUBSCRIBE, PUBACK, PINGREQ, DISCONNECT. Decoding: the fixed header of every
-packet, CONNACK, SUBACK, PUBLISH and a server DISCONNECT. Written for the ingest hot path: a
+Encoding: CONNECT, SUBSCRIBE, UNSUBSCRIBE, PUBACK, PINGREQ, DISCONNECT. Decoding: the fixed header
+of every packet, CONNACK, SUBACK, UNSUBACK, PUBLISH and a server DISCONNECT. Written for the ingest hot path: a
 PUBLISH is decoded with a handful of index operations on the receive buffer, and PUBACKs are
 pre-encoded so a flush acknowledges thousands of messages with one `transport.write`.
 Reference: OASIS MQTT Version 5.0, section 3 (packet formats) and 1.5 (data representation).
@@ -13,7 +13,9 @@ import struct
 from dataclasses import dataclass
 
 # Packet types (high nibble of the first byte).
-CONNECT, CONNACK, PUBLISH, PUBACK, SUBSCRIBE, SUBACK, PINGREQ, PINGRESP, DISCONNECT = 1, 2, 3, 4, 8, 9, 12, 13, 14
+CONNECT, CONNACK, PUBLISH, PUBACK, SUBSCRIBE, SUBACK, UNSUBSCRIBE, UNSUBACK, PINGREQ, PINGRESP, DISCONNECT = (
+    1, 2, 3, 4, 8, 9, 10, 11, 12, 13, 14
+)
 
 # Property identifiers used here.
 PROP_SESSION_EXPIRY = 0x11
@@ -23,6 +25,9 @@ PROP_REASON_STRING = 0x1F
 
 PINGREQ_PACKET = b"\xc0\x00"
 DISCONNECT_PACKET = b"\xe0\x00"  # normal disconnection; the session expiry of CONNECT stays
+# Normal disconnection with Session Expiry Interval 0: the broker deletes the session (and what it
+# queued for it) now. Allowed after a CONNECT with a non-zero expiry (MQTT 5, 3.14.2.2.2).
+DISCONNECT_ENDING_SESSION_PACKET = b"\xe0\x07\x00\x05" + bytes((PROP_SESSION_EXPIRY,)) + b"\x00\x00\x00\x00"
 
 CONNACK_REASONS = {
     0x80: "unspecified error",
@@ -101,6 +106,13 @@ def subscribe_packet(packet_id: int, filters: list[str], qos: int = 1) -> bytes:
     return _packet((SUBSCRIBE << 4) | 0x02, body)
 
 
+def unsubscribe_packet(packet_id: int, filters: list[str]) -> bytes:
+    body = struct.pack("!H", packet_id) + b"\x00"  # no properties
+    for topic_filter in filters:
+        body += _utf8(topic_filter)
+    return _packet((UNSUBSCRIBE << 4) | 0x02, body)
+
+
 # PUBACK with reason "success" and no properties: 4 bytes; precomputed for every packet id.
 PUBACKS: tuple[bytes, ...] = tuple(bytes((PUBACK << 4, 2, pid >> 8, pid & 0xFF)) for pid in range(65536))
 
@@ -137,9 +149,9 @@ def decode_varint(buffer: bytes | bytearray, index: int) -> tuple[int, int]:
 
 
 def decode_suback(body: bytes | bytearray) -> tuple[int, list[int]]:
-    """(packet id, reason code per filter)."""
+    """(packet id, reason code per filter) of a SUBACK or an UNSUBACK (same layout)."""
     if len(body) < 3:
-        raise ProtocolError("SUBACK too short")
+        raise ProtocolError("SUBACK/UNSUBACK too short")
     packet_id = (body[0] << 8) | body[1]
     properties_length, index = decode_varint(body, 2)
     return packet_id, list(body[index + properties_length :])

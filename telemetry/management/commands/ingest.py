@@ -3,11 +3,17 @@
     python manage.py ingest                    # one process, client id ingest-<host>-0
     python manage.py ingest --processes 2      # two worker processes (ids -0, this one, and -1)
     python manage.py ingest --instance 3       # when a supervisor starts the command N times
+    python manage.py ingest --retire 1         # instance 1 is stopped for good: empty and end its session
 
 All processes join the shared subscription group `ingest`, so the broker splits the stream
 between them. Each instance must keep its number across restarts (its persistent session, and
 what the broker queued for it, are keyed by the client id). SIGTERM or SIGINT: the pending
 batches are written and acknowledged, then the process exits.
+
+Scaling down: the broker keeps queueing a share of the stream for the persistent session of an
+instance that is not running (until the session expires, INGEST_SESSION_EXPIRY_S). After stopping
+an instance for good, `--retire N` stores what its session holds and deletes the session
+(telemetry/transports/mqtt.py, "Retiring an instance"); it exits when done.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import signal
 import time
 from collections.abc import Callable
 
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
 logger = logging.getLogger("telemetry.ingest")
 
@@ -58,8 +64,16 @@ def tune_gc() -> None:
 
 
 def run_instance(
-    instance: int, url: str | None, stats_interval: float, group: str = "ingest", on_signal: Callable[[], None] | None = None
-) -> None:
+    instance: int,
+    url: str | None,
+    stats_interval: float,
+    group: str = "ingest",
+    on_signal: Callable[[], None] | None = None,
+    *,
+    retire: bool = False,
+) -> dict:
+    """Run one ingest instance until stopped (or, with `retire`, until its session is emptied and
+    deleted). Returns its stats, with `session_present` and `retired`."""
     from telemetry.pipeline import Pipeline
     from telemetry.registry import Registry
     from telemetry.transports.base import IngestService
@@ -69,7 +83,7 @@ def run_instance(
         registry = Registry()
         registry.start()
         service = IngestService(Pipeline(registry), hooks=load_streaming_hooks())
-        transport = MqttTransport(service, url=url, client_id=default_client_id(instance, group), group=group)
+        transport = MqttTransport(service, url=url, client_id=default_client_id(instance, group), group=group, retire=retire)
         service.metrics.watch(transport)  # iiot_ingest_broker_connected follows transport.connected
         loop = asyncio.get_running_loop()
 
@@ -101,8 +115,14 @@ def run_instance(
             reporter.cancel()
             registry.stop()
             logger.info("ingest stopped", extra=service.stats.as_dict())
+        if retire:
+            logger.info(
+                "ingest instance retired" if transport.retired else "ingest instance not retired: its session stays",
+                extra={"client_id": transport.client_id, "session_present": transport.session_present, **service.stats.as_dict()},
+            )
+        return {**service.stats.as_dict(), "session_present": transport.session_present, "retired": transport.retired}
 
-    asyncio.run(main())
+    return asyncio.run(main())
 
 
 def stop_with_parent(parent_pid: int) -> None:
@@ -143,10 +163,17 @@ class Command(BaseCommand):
         parser.add_argument("--url", default=None, help="Broker URL (default settings.MQTT_URL).")
         parser.add_argument("--group", default="ingest", help="Shared subscription group (default ingest; another group gets its own copy of the stream).")
         parser.add_argument("--stats-interval", type=float, default=30.0, help="Seconds between stats log lines.")
+        parser.add_argument(
+            "--retire", type=int, nargs="+", metavar="N", default=None,
+            help="Retire these stopped instances: store what their persistent sessions hold, delete the sessions, exit.",
+        )  # fmt: skip
 
     def handle(self, *args, **options) -> None:
         count, first = max(1, options["processes"]), options["instance"]
         url, interval, group = options["url"], options["stats_interval"], options["group"]
+        if options["retire"] is not None:
+            self.retire(options["retire"], url, interval, group)
+            return
         # This process is the first instance; the others are spawned children. No idle supervisor:
         # each process holds a Django (~80 MB), so one fewer matters to the ingest's footprint.
         context = multiprocessing.get_context("spawn")
@@ -168,3 +195,24 @@ class Command(BaseCommand):
             forward()
             for child in children:
                 child.join()
+
+    def retire(self, instances: list[int], url: str | None, interval: float, group: str) -> None:
+        """One instance after the other, in this process; fails (exit 1) if one was not retired."""
+        from telemetry.transports.mqtt import default_client_id
+
+        failed = []
+        for instance in instances:
+            stats = run_instance(instance, url, interval, group, retire=True)
+            client_id = default_client_id(instance, group)
+            if not stats["retired"]:
+                failed.append(client_id)
+                self.stderr.write(f"{client_id}: stopped before its session was emptied; run --retire {instance} again")
+                break  # stopped (SIGTERM) or the broker is away: leave the rest for the next run
+            elif stats["session_present"]:
+                self.stdout.write(
+                    f"{client_id}: session emptied and deleted ({stats['messages']} messages, {stats['points_written']} points stored)"
+                )
+            else:
+                self.stdout.write(f"{client_id}: no session at the broker, nothing to retire")
+        if failed:
+            raise CommandError(f"not retired: {', '.join(failed)}")
