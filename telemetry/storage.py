@@ -192,7 +192,8 @@ def rollup_from_unique_points_sql(source: sql.Composable, width: str) -> sql.Com
     first/last come from one array per group built in time order, instead of two per-group sorts
     (`array_agg(... ORDER BY ts)`, which PostgreSQL 15 runs even on presorted input: about 15 ms
     of a 24k-point batch). The order is the sorted subquery's: the planner groups it as it comes
-    (its sort keys start with the group keys) and a temp table is never read in parallel.
+    (its sort keys start with the group keys), and neither a temp table nor a data-modifying
+    CTE is ever read in parallel.
     """
     return sql.SQL(
         """SELECT device_id, metric_id, bucket, count(*) AS count, min(value) AS min, max(value) AS max,
@@ -261,10 +262,13 @@ def insert_statement(schema: str, *, skip_duplicates: bool) -> sql.Composed:
         minute_rows = rollup_from_points_sql(sql.Identifier("inserted"), "1 minute")
     else:
         # The plain insert fails on any duplicate (the batch's own included), so when it succeeds
-        # every staging row was inserted: the minutes come straight from the staging table.
+        # every staging row was inserted, each once. The minutes come from the rows it returns,
+        # which are in the insert's (device, metric, ts) order: the rollup's sort then finds its
+        # input presorted and only checks it (about 1 ms instead of 11 for 24k points), where
+        # reading the staging table again meant a second full sort.
         conflict = sql.SQL("")
-        returning = sql.SQL("1")
-        minute_rows = rollup_from_unique_points_sql(_STAGING, "1 minute")
+        returning = sql.SQL("device_id, metric_id, ts, value")
+        minute_rows = rollup_from_unique_points_sql(sql.Identifier("inserted"), "1 minute")
     return sql.SQL(
         """WITH inserted AS (
             INSERT INTO {point} (device_id, metric_id, ts, value)
