@@ -4,7 +4,7 @@
         .venv/bin/python scripts/writer_cpu.py [--tenant benchstore] [--batch 24000] [--batches 14]
 
 Wall-clock rates moved by 20-50 % within an hour on the bench machines while nothing else ran;
-the CPU time of the writer's backend (utime + stime from /proc, clock ticks) per point moves far
+the CPU time of the writer's backend (/proc/PID/schedstat, nanoseconds on the CPU) per point moves far
 less, so compare two versions of the write path with this, alternating runs. Uses the tenant of
 scripts/bench_storage.py (run that once first) and a fresh hour after 2200 per run (1,000 devices x
 4 metrics, points 50 ms apart per series, like the batches the ingest writes at 80 % load). The
@@ -39,7 +39,6 @@ def main() -> None:
     django.setup()
     from telemetry.storage import Point, TelemetryWriter
 
-    ticks = os.sysconf("SC_CLK_TCK")
     per_series = max(1, args.batch // 4000)
     devices = [3_000_000 + index for index in range(1000)]
     # An hour of its own per run (runs a second apart differ), after any watermark: open hours, as live.
@@ -51,8 +50,9 @@ def main() -> None:
         conn.commit()
 
         def backend_cpu() -> float:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            return (int(fields[11]) + int(fields[12])) / ticks
+            # schedstat's first field: nanoseconds on the CPU (stat's utime + stime are 10 ms ticks,
+            # too coarse for batches of about 100 ms)
+            return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0]) / 1e9
 
         walls, cpus, points = [], [], 0
         for index in range(args.batches):
