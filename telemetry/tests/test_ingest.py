@@ -5,6 +5,7 @@ duplicates across an ingest SIGKILL, database connection kills and a broker rest
 from __future__ import annotations
 
 import asyncio
+import signal
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -23,6 +24,7 @@ from telemetry.tests.test_ingest_support import (
     fetch,
     rollup_count,
     run_ingest_command,
+    start_ingest_command,
     terminate_writers,
     wait_for,
 )
@@ -360,6 +362,39 @@ def test_retiring_a_stopped_instance_stores_its_share_and_ends_its_session(inges
     again = run_ingest_command(ingest_broker, "--retire", "1")
     assert again.returncode == 0, again.stdout + again.stderr
     assert "-1: no session at the broker, nothing to retire" in again.stdout, again.stdout + again.stderr
+
+
+@pytest.mark.django_db
+def test_a_retire_stopped_halfway_leaves_the_rest_for_the_next_retire(ingest_broker, plant, ingest):
+    """SIGTERM during `--retire 1`: it writes and acknowledges what it took, exits 1 and keeps the
+    session (unsubscribed) with the rest; a second `--retire 1` stores that rest and ends the
+    session. Nothing lost, nothing stored twice."""
+    two = ingest(workers=2)
+    assert two.terminate() == 0
+    ingest()  # instance 0 alone: instance 1's share queues in its session
+    ids = [d.pk for d in plant.devices[:2]]
+    before = count_points("alpha", ids)
+    publishers = _publishers(ingest_broker, plant, 2)
+    sent = _stream(publishers, 10_000, _base_ms() + 900_000)
+    _close(publishers)
+    time.sleep(1.0)
+    assert count_points("alpha", ids) - before < sent * 4
+    # Slowed down (few unwritten points allowed, long flushes) so that the stop lands halfway.
+    retiring = start_ingest_command(ingest_broker, "--retire", "1", INGEST_MAX_PENDING_POINTS="2000", INGEST_FLUSH_MS="300")
+    try:
+        progressed = count_points("alpha", ids)
+        assert wait_for(lambda: count_points("alpha", ids) > progressed, 30, interval=0.05)
+        retiring.send_signal(signal.SIGTERM)
+        _stdout, stderr = retiring.communicate(timeout=60)
+    finally:
+        if retiring.poll() is None:
+            retiring.kill()
+    assert retiring.returncode == 1 and "stopped before its session was emptied" in stderr, stderr[-3000:]
+    assert count_points("alpha", ids) - before < sent * 4, "the stop emptied the session anyway: the test proves nothing"
+    again = run_ingest_command(ingest_broker, "--retire", "1")
+    assert again.returncode == 0 and "-1: session emptied and deleted" in again.stdout, again.stdout + again.stderr[-3000:]
+    time.sleep(0.5)
+    assert count_points("alpha", ids) - before == sent * 4
 
 
 def _children(pid: int) -> list[int]:

@@ -174,11 +174,23 @@ class IngestProcess:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
+def start_ingest_command(broker, *args: str, **env: str) -> subprocess.Popen:
+    """`manage.py ingest ARGS` (e.g. `--retire 1`) with the test's settings; output in pipes."""
+    return subprocess.Popen(
+        [sys.executable, "manage.py", "ingest", *args], cwd=ROOT, env=ingest_env(broker, **env),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
 def run_ingest_command(broker, *args: str, timeout: float = 90.0, **env: str) -> subprocess.CompletedProcess:
-    """`manage.py ingest ARGS` to its end (e.g. `--retire 1`), with the test's settings."""
-    return subprocess.run(
-        [sys.executable, "manage.py", "ingest", *args], cwd=ROOT, env=ingest_env(broker, **env), capture_output=True, text=True, timeout=timeout
-    )
+    """`manage.py ingest ARGS` to its end, with the test's settings."""
+    process = start_ingest_command(broker, *args, **env)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        raise
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
 class Publisher:
