@@ -323,6 +323,19 @@ def _latency(broker, devices, probe, rule_id: int, rate: float, duration: float)
             "SELECT extract(epoch FROM created_at - first_seen_at) * 1000 FROM bench.alerting_alert WHERE rule_id = %s",
             (rule_id,),
         ).fetchall()]  # fmt: skip
+        # A missed firing is not in the percentiles: say what became of it (the alert its point
+        # landed in, if any: a firing folded into an alert still open from the previous one).
+        missed = []
+        for ts_ms in sorted(pending):
+            row = conn.execute(
+                """SELECT (extract(epoch FROM first_seen_at) * 1000)::bigint, (extract(epoch FROM last_seen_at) * 1000)::bigint,
+                          count, state, (extract(epoch FROM resolved_at) * 1000)::bigint
+                   FROM bench.alerting_alert WHERE rule_id = %s AND first_seen_at <= to_timestamp(%s / 1000.0)
+                   ORDER BY first_seen_at DESC LIMIT 1""",
+                (rule_id, ts_ms),
+            ).fetchone()
+            missed.append({"ts_ms": ts_ms, "alert": None if row is None else dict(zip(
+                ("first_seen_ms", "last_seen_ms", "count", "state", "resolved_ms"), row, strict=True))})  # fmt: skip
     return {
         "alert_begun_p50_ms": round(float(statistics.median(begun)), 1),
         "alert_begun_p99_ms": round(float(_percentile(begun, 0.99)), 1),
@@ -330,6 +343,7 @@ def _latency(broker, devices, probe, rule_id: int, rate: float, duration: float)
         "alert_latency_p99_ms": round(_percentile(latencies, 0.99), 1),
         "alert_latency_samples": len(latencies),
         "alert_latency_missed": len(pending),
+        "alert_latency_missed_detail": missed,
         "alert_latency_background_msgs_per_s": rate,
     }
 
