@@ -28,8 +28,8 @@ pre-encoded). The wire format lives in mqtt_wire.py.
   for good would strand that share until its session expires. Retiring connects with the
   instance's client id, unsubscribes (no new share), stores and acknowledges what the session
   held, and once nothing has arrived for `retire_quiet_s` with nothing left to write, disconnects
-  with Session Expiry Interval 0: the broker deletes the session. Stopped before that (SIGTERM,
-  a lost connection that cannot be reopened), the session stays with what is left, unsubscribed:
+  with Session Expiry Interval 0: the broker deletes the session. A lost connection is reopened
+  as usual; stopped before the end (SIGTERM), the session stays with what is left, unsubscribed:
   retiring again resumes. Never retire a running instance: the two would take the client id from
   each other.
 """
