@@ -53,7 +53,7 @@ from iiot.observability.ingest import IngestMetrics
 from telemetry.pipeline import Kind, Outcome, Pipeline, Reason, Rejection, StreamingHook
 from telemetry.registry import RegistryMiss
 from telemetry.rejections import RejectionRecorder
-from telemetry.storage import Point, TelemetryWriter
+from telemetry.storage import PointBuffer, TelemetryWriter
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ class Stats:
 class Batch:
     schema: str
     started: float  # time.monotonic() of its first point
-    points: list[Point] = field(default_factory=list)
+    points: PointBuffer = field(default_factory=PointBuffer)  # encoded as they arrive: 38 bytes a point
     seen: dict[int, datetime] = field(default_factory=dict)  # device id -> last receive time
     waiter: asyncio.Future | None = None
     write_seconds: float = 0.0  # time its write took, retries included (metrics, flush log)
