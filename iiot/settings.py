@@ -196,7 +196,8 @@ INGEST_REGISTRY_REFRESH_S = env.float("INGEST_REGISTRY_REFRESH_S", default=30.0)
 INGEST_SESSION_EXPIRY_S = env.int("INGEST_SESSION_EXPIRY_S", default=7 * 24 * 3600)
 # Receive maximum announced to the broker: QoS 1 messages in flight (unacknowledged) per process.
 INGEST_RECEIVE_MAXIMUM = env.int("INGEST_RECEIVE_MAXIMUM", default=65535)
-# Points held in memory (not yet written) beyond which the process stops reading the socket.
+# Points held in memory (not yet written) beyond which the process stops reading the socket; they are
+# kept as binary COPY rows, 38 bytes each (telemetry.storage.PointBuffer).
 INGEST_MAX_PENDING_POINTS = env.int("INGEST_MAX_PENDING_POINTS", default=400_000)
 # A device's last-seen time is written at most this often per ingest process (0: every batch).
 INGEST_SEEN_INTERVAL_S = env.float("INGEST_SEEN_INTERVAL_S", default=5.0)
