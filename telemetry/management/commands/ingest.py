@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import logging
-import multiprocessing
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 
@@ -150,6 +152,23 @@ def _child(instance: int, url: str | None, stats_interval: float, group: str, pa
     run_instance(instance, url, stats_interval, group)
 
 
+def _child_main() -> None:
+    """Entry point of a worker process (`python -c`, see `start_worker`): its arguments as JSON."""
+    _child(*json.loads(sys.argv[1]))
+
+
+def start_worker(instance: int, url: str | None, stats_interval: float, group: str) -> subprocess.Popen:
+    """Start instance `instance` as a fresh interpreter running `_child`. Not multiprocessing's
+    spawn: that also starts its resource tracker, a third Python process (12 MB) this command
+    never needs. The child runs from the project's directory with this process's environment
+    (DJANGO_SETTINGS_MODULE included) and shares its stdout and stderr."""
+    from django.conf import settings
+
+    arguments = json.dumps([instance, url, stats_interval, group, os.getpid()])
+    code = "from telemetry.management.commands.ingest import _child_main; _child_main()"
+    return subprocess.Popen([sys.executable, "-c", code, arguments], cwd=settings.BASE_DIR)
+
+
 class Command(BaseCommand):
     help = "Receive device messages from MQTT, validate them and store them (shared subscription)."
     # No system checks: they import every URLconf, view and admin (about 80 MB) that this worker
@@ -174,27 +193,21 @@ class Command(BaseCommand):
         if options["retire"] is not None:
             self.retire(options["retire"], url, interval, group)
             return
-        # This process is the first instance; the others are spawned children. No idle supervisor:
+        # This process is the first instance; the others are child processes. No idle supervisor:
         # each process holds a Django (~80 MB), so one fewer matters to the ingest's footprint.
-        context = multiprocessing.get_context("spawn")
-        children = [
-            context.Process(target=_child, args=(first + n, url, interval, group, os.getpid()), name=f"ingest-{first + n}")
-            for n in range(1, count)
-        ]
-        for child in children:
-            child.start()
+        children = [start_worker(first + n, url, interval, group) for n in range(1, count)]
 
         def forward() -> None:
             for child in children:
-                if child.pid and child.is_alive():
-                    os.kill(child.pid, signal.SIGTERM)
+                if child.poll() is None:
+                    child.send_signal(signal.SIGTERM)
 
         try:
             run_instance(first, url, interval, group, on_signal=forward)
         finally:
             forward()
             for child in children:
-                child.join()
+                child.wait()
 
     def retire(self, instances: list[int], url: str | None, interval: float, group: str) -> None:
         """One instance after the other, in this process. Stopped (SIGTERM) before one is done: exit
