@@ -197,7 +197,7 @@ INGEST_SESSION_EXPIRY_S = env.int("INGEST_SESSION_EXPIRY_S", default=7 * 24 * 36
 # Receive maximum announced to the broker: QoS 1 messages in flight (unacknowledged) per process.
 INGEST_RECEIVE_MAXIMUM = env.int("INGEST_RECEIVE_MAXIMUM", default=65535)
 # Points held in memory (not yet written) beyond which the process stops reading the socket; they are
-# kept as binary COPY rows, 38 bytes each (telemetry.storage.PointBuffer).
+# kept as binary COPY rows, 42 bytes each (telemetry.storage.PointBuffer).
 INGEST_MAX_PENDING_POINTS = env.int("INGEST_MAX_PENDING_POINTS", default=400_000)
 # A device's last-seen time is written at most this often per ingest process (0: every batch).
 INGEST_SEEN_INTERVAL_S = env.float("INGEST_SEEN_INTERVAL_S", default=5.0)

@@ -90,11 +90,15 @@ _ONE_MICROSECOND = timedelta(microseconds=1)
 
 
 _DAY_MICROS = 86_400_000_000
+_ROW_SIZE = _COPY_ROW.size  # 42: field count, then length + value for each of the four fields
+_BLOCK_MIN_BYTES = 64 * 1024
+_BLOCK_MAX_BYTES = 1024 * 1024
+_STAGED_POINTS = 2048
 _PG_EPOCH_DATE = _PG_EPOCH.date()
 
 
 class PointBuffer:
-    """A batch of points kept the way it will be sent: binary COPY rows, 38 bytes a point.
+    """A batch of points kept the way it will be sent: binary COPY rows, 42 bytes a point.
 
     The ingest appends each message's points as they arrive (`extend`), so a pending batch holds
     no Python object per point (a `Point` with its float costs about 120 bytes and is tracked by
@@ -102,51 +106,90 @@ class PointBuffer:
     keeps what the writer needs besides them: the newest point of each series (latest values for
     Redis, one entry per series) and the UTC days the points fall on (partitions to create).
 
+    `extend` only stages the points (a list); every _STAGED_POINTS they are encoded in one go, so
+    the ingest's event loop pays no per-message encoding call (measured: packing each message on
+    arrival cost the ingest 6-10 % more CPU than packing the batch in the writer thread) and at
+    most that many points are held as objects. Rows are packed in place (`struct.pack_into`) into
+    blocks allocated once: 64 KiB first, each next one twice as large up to 1 MiB, so a small
+    batch stays small and a large one is never copied to grow.
+
     `TelemetryWriter.write` takes one as it takes a list of points; once handed to a writer it
     must not change (a failed write is retried with the same rows).
     """
 
-    __slots__ = ("_rows", "count", "newest", "day_numbers", "_last_ts", "_last_micros")
+    __slots__ = ("_staged", "_sealed", "_block", "_offset", "_count", "_newest", "_days", "_last_ts", "_last_micros")
 
     def __init__(self, points: Iterable[Point] = ()) -> None:
-        self._rows = bytearray(_COPY_HEADER)
-        self.count = 0
-        self.newest: dict[tuple[int, int], Point] = {}  # (device_id, metric_id) -> its newest point
-        self.day_numbers: set[int] = set()  # days since 2000-01-01 UTC
+        self._staged: list[Point] = []
+        self._sealed: list[memoryview] = []  # full blocks, each cut to its rows
+        self._block = bytearray(0)
+        self._offset = 0
+        self._count = 0  # rows encoded
+        self._newest: dict[tuple[int, int], Point] = {}  # (device_id, metric_id) -> its newest point
+        self._days: set[int] = set()  # days since 2000-01-01 UTC
         self._last_ts: datetime | None = None
         self._last_micros = 0
         self.extend(points)
 
     def __len__(self) -> int:
-        return self.count
+        return self._count + len(self._staged)
 
     def extend(self, points: Iterable[Point]) -> None:
-        rows, pack = self._rows, _COPY_ROW.pack
-        newest = self.newest
+        staged = self._staged
+        staged += points
+        if len(staged) >= _STAGED_POINTS:
+            self._encode(staged)
+            staged.clear()
+
+    @property
+    def newest(self) -> dict[tuple[int, int], Point]:
+        """(device_id, metric_id) -> the newest point of the batch."""
+        self._settle()
+        return self._newest
+
+    def copy_chunks(self) -> list[bytes | memoryview]:
+        """The binary COPY stream, as buffers to write one after the other (the rows are not copied)."""
+        self._settle()
+        return [_COPY_HEADER, *self._sealed, memoryview(self._block)[: self._offset], _COPY_TRAILER]
+
+    def days(self) -> list[date]:
+        """The UTC days the points fall on."""
+        self._settle()
+        return [_PG_EPOCH_DATE + timedelta(days=number) for number in sorted(self._days)]
+
+    def _settle(self) -> None:
+        if self._staged:
+            self._encode(self._staged)
+            self._staged.clear()
+
+    def _encode(self, points: list[Point]) -> None:
+        count = len(points)
+        block, offset = self._block, self._offset
+        if offset + count * _ROW_SIZE > len(block):
+            if offset:
+                self._sealed.append(memoryview(block)[:offset])
+            grown = min(2 * len(block), _BLOCK_MAX_BYTES) if block else _BLOCK_MIN_BYTES
+            block = self._block = bytearray(max(grown, count * _ROW_SIZE))
+            offset = 0
+        pack_into = _COPY_ROW.pack_into
+        newest = self._newest
         get = newest.get
         last_ts, micros = self._last_ts, self._last_micros
-        count = 0
         for point in points:
             device_id, metric_id, ts, value = point
             if ts is not last_ts:  # the points of one message share their timestamp object
                 micros = (ts - _PG_EPOCH) // _ONE_MICROSECOND
                 last_ts = ts
-                self.day_numbers.add(micros // _DAY_MICROS)
-            rows += pack(4, 4, device_id, 4, metric_id, 8, micros, 8, value)
+                self._days.add(micros // _DAY_MICROS)
+            pack_into(block, offset, 4, 4, device_id, 4, metric_id, 8, micros, 8, value)
+            offset += _ROW_SIZE
             key = (device_id, metric_id)
             current = get(key)
             if current is None or ts >= current[2]:
                 newest[key] = point
-            count += 1
-        self.count += count
+        self._offset = offset
+        self._count += count
         self._last_ts, self._last_micros = last_ts, micros
-
-    def copy_chunks(self) -> tuple[bytearray, bytes]:
-        """The binary COPY stream, as two buffers to write one after the other (no copy of the rows)."""
-        return self._rows, _COPY_TRAILER
-
-    def days(self) -> list[date]:
-        return [_PG_EPOCH_DATE + timedelta(days=number) for number in sorted(self.day_numbers)]
 
 
 def encode_copy_binary(points: Iterable[Point]) -> bytes:

@@ -83,7 +83,7 @@ class Stats:
 class Batch:
     schema: str
     started: float  # time.monotonic() of its first point
-    points: PointBuffer = field(default_factory=PointBuffer)  # encoded as they arrive: 38 bytes a point
+    points: PointBuffer = field(default_factory=PointBuffer)  # COPY rows, 42 bytes a point
     seen: dict[int, datetime] = field(default_factory=dict)  # device id -> last receive time
     waiter: asyncio.Future | None = None
     write_seconds: float = 0.0  # time its write took, retries included (metrics, flush log)
