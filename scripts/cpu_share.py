@@ -18,7 +18,6 @@ GROUPS = (  # first match wins
     ("mosquitto_sub", "mosquitto_sub"),
     ("mosquitto", "mosquitto"),
     ("ingest", "ingest"),
-    ("spawn_main", "ingest"),  # `ingest --processes N` children
     ("bench", "bench/loadgen"),
     ("redis", "redis"),
 )
