@@ -100,9 +100,9 @@ _PG_EPOCH_DATE = _PG_EPOCH.date()
 class PointBuffer:
     """A batch of points kept the way it will be sent: binary COPY rows, 42 bytes a point.
 
-    The ingest appends each message's points as they arrive (`extend`), so a pending batch holds
-    no Python object per point (a `Point` with its float costs about 120 bytes and is tracked by
-    the garbage collector; 400,000 pending points were 80 MB of a process). Alongside the rows it
+    The ingest appends each message's points as they arrive (`extend`), and a pending batch holds
+    them as rows, not as Python objects (a `Point` with its float costs about 120 bytes and is
+    tracked by the garbage collector; 400,000 pending points were 80 MB of a process). Alongside the rows it
     keeps what the writer needs besides them: the newest point of each series (latest values for
     Redis, one entry per series) and the UTC days the points fall on (partitions to create).
 
@@ -190,11 +190,6 @@ class PointBuffer:
         self._offset = offset
         self._count += count
         self._last_ts, self._last_micros = last_ts, micros
-
-
-def encode_copy_binary(points: Iterable[Point]) -> bytes:
-    """The rows `(device_id int4, metric_id int4, ts timestamptz, value float8)` as one binary COPY stream."""
-    return b"".join(PointBuffer(points).copy_chunks())
 
 
 def latest_key(schema: str, device_id: int) -> str:
@@ -441,12 +436,8 @@ def redis_client(url: str | None = None) -> redis.Redis:
     return client
 
 
-def newest_per_series(points: Iterable[Point]) -> dict[int, dict[int, Point]]:
-    """device_id -> metric_id -> the newest point of the batch."""
-    return _by_device(PointBuffer(points).newest)
-
-
 def _by_device(newest: dict[tuple[int, int], Point]) -> dict[int, dict[int, Point]]:
+    """(device_id, metric_id) -> point, as device_id -> metric_id -> point."""
     by_device: dict[int, dict[int, Point]] = {}
     for (device_id, metric_id), point in newest.items():
         per_device = by_device.get(device_id)
