@@ -102,9 +102,10 @@ class PointBuffer:
 
     The ingest appends each message's points as they arrive (`extend`), and a pending batch holds
     them as rows, not as Python objects (a `Point` with its float costs about 120 bytes and is
-    tracked by the garbage collector; 400,000 pending points were 80 MB of a process). Alongside the rows it
-    keeps what the writer needs besides them: the newest point of each series (latest values for
-    Redis, one entry per series) and the UTC days the points fall on (partitions to create).
+    tracked by the garbage collector; 400,000 pending points were 80 MB of a process). Alongside
+    the rows it keeps what the writer needs besides them: the newest point of each series (latest
+    values for Redis, one entry per series) and the UTC days the points fall on (partitions to
+    create).
 
     `extend` only stages the points (a list); every _STAGED_POINTS they are encoded in one go, so
     the ingest's event loop pays no per-message encoding call (measured: packing each message on
